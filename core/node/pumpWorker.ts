@@ -1,0 +1,46 @@
+// Worker-thread entry: builds the native layer and event pump, runs one program (the proxy relay or a device) on it.
+import { workerData, parentPort, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { FfiNative } from './ffi';
+import { EventPump } from './pump';
+import type { WorkerCommand, WorkerEvent } from './workerProtocol';
+import { createProgram, type ProgramName } from './programs';
+
+export interface PumpWorkerData {
+  program: ProgramName;
+  options: unknown;
+  /** eventfd owned by the host thread; written after every command. */
+  doorbell: number;
+  commands: MessagePort;
+}
+
+export interface Program {
+  start(): void;
+  command(c: WorkerCommand): void;
+  stop(): void;
+}
+
+const data = workerData as PumpWorkerData;
+const post = (e: WorkerEvent): void => parentPort!.postMessage(e);
+const native = new FfiNative();
+let program: Program | undefined;
+const pump = new EventPump(native, data.doorbell, () => {
+  for (let m = receiveMessageOnPort(data.commands); m; m = receiveMessageOnPort(data.commands)) {
+    const c = m.message as WorkerCommand;
+    if (c.type === 'stop' && !program) pump.stop();
+    else program?.command(c);
+  }
+});
+pump.onFault = (where, e) => post({ kind: 'error', where, message: (e as Error)?.stack ?? String(e) });
+
+try {
+  program = createProgram(data.program, { pump, native, options: data.options, post });
+  program.start();
+  post({ kind: 'ready' });
+} catch (e) {
+  post({ kind: 'error', where: 'start', message: (e as Error).message });
+  try { program?.stop(); } catch { /* best effort */ }
+  pump.stop();
+}
+pump.run();
+data.commands.close();
+post({ kind: 'stopped', ledger: native.ledger.count, violations: native.ledger.violations });
