@@ -1,0 +1,263 @@
+// Split virtqueue decoder: snapshot of descriptor table, avail and used rings, chains walked defensively (virtio 1.2 2.7).
+import type { GuestMemoryReader } from '../memory/guestMemory';
+import {
+  DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, RingError, WalkContext, addBuffer, checkRingConfig, readIndirect, u16, view,
+  type Chain, type DecodeOptions, type RingConfig,
+} from './ring';
+
+export interface SplitDesc { index: number; addr: bigint; len: number; flags: number; next: number }
+
+export interface SplitSnapshot {
+  kind: 'split';
+  vring: number;
+  num: number;
+  addr: { desc: bigint; avail: bigint; used: bigint };
+  avail: { flags: number; idx: number; usedEvent?: number; ring: number[] };
+  used: { flags: number; idx: number; availEvent?: number; ring: { id: number; len: number }[] };
+  /** avail.idx - used.idx: chains offered and not yet used. */
+  inflightCount: number;
+  /** avail.idx - device next avail, when the latter is known: chains the device has not fetched. */
+  pendingCount?: number;
+  /**
+   * Whether the in-flight set is certain. From ring memory alone it is only when completions were in order;
+   * otherwise it is a best guess (the RingWatcher, which sees every step, is exact).
+   */
+  inflightExact: boolean;
+  /** In-flight chains oldest first, then used chains oldest first. */
+  chains: Chain[];
+  errors: RingError[];
+  /** The whole descriptor table, when asked for (options.table). */
+  table?: SplitDesc[];
+}
+
+export interface SplitOptions extends DecodeOptions {
+  /** How many recent used elements to decode as chains (default: all visible, at most num). */
+  usedHistory?: number;
+  /** Include the raw descriptor table. */
+  table?: boolean;
+}
+
+/** Raw ring areas read in three preads (descriptor table, avail ring, used ring). */
+export interface SplitRaw {
+  table: DataView;
+  availFlags: number;
+  availIdx: number;
+  availRing: DataView; // u16[num] (+ used_event)
+  usedFlags: number;
+  usedIdx: number;
+  usedRing: DataView; // {u32 id, u32 len}[num] (+ avail_event)
+}
+
+export const splitAvailSize = (num: number, eventIdx = true): number => 4 + 2 * num + (eventIdx ? 2 : 0);
+export const splitUsedSize = (num: number, eventIdx = true): number => 4 + 8 * num + (eventIdx ? 2 : 0);
+
+/** Read the three areas of a split ring. Throws RingError (unmapped, io, bad-ring-size). */
+export function readSplit(ctx: WalkContext): SplitRaw {
+  const cfg = ctx.cfg;
+  checkRingConfig(cfg);
+  const n = cfg.num;
+  const table = view(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor table'));
+  const avail = view(ctx.readRing(cfg.avail, splitAvailSize(n, cfg.eventIdx), 'avail ring'));
+  const used = view(ctx.readRing(cfg.used, splitUsedSize(n, cfg.eventIdx), 'used ring'));
+  return {
+    table,
+    availFlags: avail.getUint16(0, true), availIdx: avail.getUint16(2, true),
+    availRing: new DataView(avail.buffer, avail.byteOffset + 4, avail.byteLength - 4),
+    usedFlags: used.getUint16(0, true), usedIdx: used.getUint16(2, true),
+    usedRing: new DataView(used.buffer, used.byteOffset + 4, used.byteLength - 4),
+  };
+}
+
+/** Read only the two indices (cheap poll): avail.idx and used.idx. */
+export function readSplitIndices(ctx: WalkContext): { availIdx: number; usedIdx: number } {
+  const cfg = ctx.cfg;
+  const a = ctx.readRing(cfg.avail + 2n, 2, 'avail idx');
+  const u = ctx.readRing(cfg.used + 2n, 2, 'used idx');
+  return { availIdx: a[0] | (a[1] << 8), usedIdx: u[0] | (u[1] << 8) };
+}
+
+/**
+ * Walk the chain starting at descriptor `head` of a split table (virtio 1.2 2.7.5, 2.7.5.3):
+ * every index checked against the table size, loops caught by visiting each descriptor at most once,
+ * at most one indirect table (no nesting, no NEXT with INDIRECT), chain total bounded to u32.
+ * Never throws for hostile contents: the first error lands in chain.error.
+ */
+export function walkSplitChain(ctx: WalkContext, table: DataView, head: number): Chain {
+  const vring = ctx.cfg.index;
+  const num = ctx.cfg.num;
+  const chain: Chain = { head, descs: [], readable: 0, writable: 0, state: 'inflight' };
+  if (head >= num) {
+    chain.error = new RingError('desc-index-out-of-range', vring, `head ${head} >= ring size ${num}`, { head, desc: head });
+    return chain;
+  }
+  const stamp = ctx.nextStamp();
+  let tv = table;
+  let size = num;
+  let inIndirect = false;
+  let i = head;
+  // Bounded: each iteration visits a distinct (table, index) pair, at most num + one indirect table.
+  for (;;) {
+    const where = { head, desc: i, indirect: inIndirect };
+    if (ctx.budget <= 0) { chain.error = new RingError('budget-exhausted', vring, undefined, where); break; }
+    ctx.budget--;
+    if (!ctx.visit(i, inIndirect, stamp)) {
+      chain.error = new RingError('loop', vring, `descriptor ${i} reached twice`, where);
+      break;
+    }
+    const o = i * DESC_SIZE;
+    const addr = tv.getBigUint64(o, true);
+    const len = tv.getUint32(o + 8, true);
+    const flags = tv.getUint16(o + 12, true);
+    const next = tv.getUint16(o + 14, true);
+    if (flags & DESC_F_INDIRECT) {
+      const t = readIndirect(ctx, chain, i, addr, len, flags, inIndirect);
+      if (t instanceof RingError) { chain.error = t; break; }
+      tv = view(t);
+      size = t.byteLength / DESC_SIZE;
+      ctx.sizeIndirect(size);
+      inIndirect = true;
+      i = 0;
+      continue;
+    }
+    const err = addBuffer(ctx, chain, { index: i, addr, len, flags, write: (flags & DESC_F_WRITE) !== 0, ...(inIndirect ? { fromIndirect: true } : {}) }, where);
+    if (err) { chain.error = err; break; }
+    if (!(flags & DESC_F_NEXT)) break;
+    if (next >= size) {
+      chain.error = new RingError('desc-index-out-of-range', vring, `next ${next} >= ${inIndirect ? 'indirect table' : 'ring'} size ${size}`, where);
+      break;
+    }
+    i = next;
+  }
+  return chain;
+}
+
+/** Decode every descriptor of the table (no chain walking). */
+export function decodeSplitTable(table: DataView, num: number): SplitDesc[] {
+  const out: SplitDesc[] = [];
+  for (let i = 0; i < num; i++) {
+    const o = i * DESC_SIZE;
+    out.push({ index: i, addr: table.getBigUint64(o, true), len: table.getUint32(o + 8, true), flags: table.getUint16(o + 12, true), next: table.getUint16(o + 14, true) });
+  }
+  return out;
+}
+
+/**
+ * Which offered heads are still in flight, from ring memory alone. Exact when completions were in order
+ * (every visible used element matches the avail entry at the same position). Otherwise each head's newest
+ * offer (position p) is judged against its newest use (q): q >= p means done (the use came after the offer);
+ * q < p - num means still in flight (the use came before); in between, the use belongs to this offer unless an
+ * earlier offer of the same head could own it. Unresolved heads fill up to avail.idx - used.idx, newest first.
+ * Returns avail positions (free-running u16), oldest first.
+ */
+export function splitInflightPositions(raw: SplitRaw, num: number): { positions: number[]; exact: boolean } {
+  const O = raw.availIdx, U = raw.usedIdx;
+  const k = Math.min(u16(O - U), num);
+  // Visible history: the last num entries, or fewer if the index has not reached num yet (assumed to start at 0).
+  const A = Math.min(num, O);
+  const usedVisible = Math.min(num, U);
+  const availAt = (p: number): number => raw.availRing.getUint16((p % num) * 2, true);
+  const usedIdAt = (p: number): number => raw.usedRing.getUint32((p % num) * 8, true);
+  let exact = true;
+  const from = Math.min(usedVisible, Math.max(0, A - k));
+  for (let j = 1; j <= from; j++) {
+    const p = u16(U - j);
+    if (usedIdAt(p) !== availAt(p)) { exact = false; break; }
+  }
+  if (exact) {
+    const positions: number[] = [];
+    for (let j = 0; j < k; j++) positions.push(u16(U + j));
+    return { positions, exact };
+  }
+  // Distances back from avail.idx: offer at dp in [1, A]; use at dq = O - q.
+  const newestUse = new Map<number, number>();
+  for (let j = usedVisible; j >= 1; j--) newestUse.set(usedIdAt(u16(U - j)), u16(O - U) + j); // newer overwrite
+  const offers = new Map<number, number[]>(); // head -> distances, newest first
+  for (let dp = 1; dp <= A; dp++) {
+    const h = availAt(u16(O - dp));
+    const l = offers.get(h);
+    if (l) l.push(dp); else offers.set(h, [dp]);
+  }
+  const sure: number[] = [];
+  const maybe: number[] = [];
+  const historyStart = O <= num; // the avail window reaches the first offer ever made
+  for (const [h, ds] of offers) {
+    const dp = ds[0];
+    const dq = newestUse.get(h);
+    if (dq === undefined || dq > dp + num) { sure.push(dp); continue; }
+    if (dq <= dp) continue; // used after this offer
+    const earlier = ds.some((d) => d > dp && d >= dq && d <= dq + num - 1);
+    if (earlier) { sure.push(dp); continue; }
+    if (historyStart || A >= dq + num - 1) continue; // no earlier offer could own that use: it was this one's
+    maybe.push(dp);
+  }
+  sure.sort((a, b) => a - b);
+  maybe.sort((a, b) => a - b);
+  const picked = [...sure, ...maybe].slice(0, k).sort((a, b) => b - a); // oldest (largest distance) first
+  return { positions: picked.map((dp) => u16(O - dp)), exact: false };
+}
+
+/** Snapshot a split ring. Throws RingError only if the ring itself cannot be read; chain errors are collected. */
+export function snapshotSplit(mem: GuestMemoryReader, cfg: RingConfig, opts: SplitOptions = {}): SplitSnapshot {
+  const ctx = new WalkContext(mem, cfg, opts);
+  const raw = readSplit(ctx);
+  return buildSplitSnapshot(ctx, raw, opts);
+}
+
+export function buildSplitSnapshot(ctx: WalkContext, raw: SplitRaw, opts: SplitOptions = {}): SplitSnapshot {
+  const cfg = ctx.cfg;
+  const n = cfg.num;
+  const errors: RingError[] = [];
+  const availRing: number[] = new Array(n);
+  for (let i = 0; i < n; i++) availRing[i] = raw.availRing.getUint16(i * 2, true);
+  const usedRing: { id: number; len: number }[] = new Array(n);
+  for (let i = 0; i < n; i++) usedRing[i] = { id: raw.usedRing.getUint32(i * 8, true), len: raw.usedRing.getUint32(i * 8 + 4, true) };
+  const snap: SplitSnapshot = {
+    kind: 'split', vring: cfg.index, num: n, addr: { desc: cfg.desc, avail: cfg.avail, used: cfg.used },
+    avail: { flags: raw.availFlags, idx: raw.availIdx, ring: availRing },
+    used: { flags: raw.usedFlags, idx: raw.usedIdx, ring: usedRing },
+    inflightCount: u16(raw.availIdx - raw.usedIdx), inflightExact: true, chains: [], errors,
+  };
+  if (cfg.eventIdx) {
+    snap.avail.usedEvent = raw.availRing.getUint16(n * 2, true);
+    snap.used.availEvent = raw.usedRing.getUint16(n * 8, true);
+  }
+  if (snap.inflightCount > n) {
+    errors.push(new RingError('idx-jump', cfg.index, `avail idx ${raw.availIdx} is ${snap.inflightCount} ahead of used idx ${raw.usedIdx} (ring size ${n})`));
+  }
+  let base = cfg.nextAvail;
+  if (base !== undefined) {
+    const pending = u16(raw.availIdx - base);
+    const done = u16(base - raw.usedIdx);
+    if (pending <= n && done <= n) snap.pendingCount = pending;
+    else base = undefined; // stale hint (the device has moved on since SET_VRING_BASE): ignore it
+  }
+  const { positions, exact } = splitInflightPositions(raw, n);
+  snap.inflightExact = exact && snap.inflightCount <= n;
+  for (const p of positions) {
+    const head = raw.availRing.getUint16((p % n) * 2, true);
+    const c = walkSplitChain(ctx, raw.table, head);
+    c.availPos = p;
+    if (base !== undefined) c.fetched = u16(p - base) >= u16(raw.availIdx - base);
+    if (c.error) errors.push(c.error);
+    snap.chains.push(c);
+  }
+  const usedVisible = Math.min(n, raw.usedIdx, opts.usedHistory ?? n);
+  for (let j = usedVisible; j >= 1; j--) {
+    const p = u16(raw.usedIdx - j);
+    const { id, len } = usedRing[p % n];
+    let c: Chain;
+    if (id >= n) {
+      const e = new RingError('used-id-out-of-range', cfg.index, `used[${p % n}].id ${id} >= ring size ${n}`, { head: id });
+      c = { head: id, descs: [], readable: 0, writable: 0, state: 'used', error: e };
+    } else {
+      c = walkSplitChain(ctx, raw.table, id);
+      c.state = 'used';
+    }
+    c.usedLen = len;
+    c.usedPos = p;
+    if (c.error) errors.push(c.error);
+    snap.chains.push(c);
+  }
+  if (opts.table) snap.table = decodeSplitTable(raw.table, n);
+  return snap;
+}

@@ -1,0 +1,417 @@
+// RingWatcher: polls a ring's indices (injected timer/clock), reports new avail/used entries with decoded chains, tracks in-flight buffers; read-only.
+import { MemoryError, type GuestMemoryReader } from '../memory/guestMemory';
+import type { DeviceType } from '../protocol/features';
+import { buildPackedSnapshot, inferPacked, isAvail, isUsed, packedFlags, readPacked, walkPackedChain } from './packed';
+import { decodePayload, type Payload } from './payload';
+import { DESC_SIZE, RingError, WalkContext, fromMemoryError, u16, view, type Chain, type RingConfig } from './ring';
+import { buildSplitSnapshot, readSplit, readSplitIndices, walkSplitChain } from './split';
+import { snapshotRing, type RingSnapshot, type SnapshotOptions } from './snapshot';
+
+export { snapshotRing, ringConfigFromVring, type RingSnapshot, type SnapshotOptions } from './snapshot';
+
+/** Timer the watcher uses (inject a fake in tests). */
+export interface Scheduler {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const realScheduler: Scheduler = {
+  setTimeout: (fn, ms) => { const t = setTimeout(fn, ms); t.unref?.(); return t; },
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
+
+export interface WatchOptions {
+  memory: GuestMemoryReader;
+  ring: RingConfig;
+  device?: DeviceType;
+  features?: bigint;
+  ctrlQueue?: number;
+  /** Decode payloads of new entries (default true). */
+  payloads?: boolean;
+  preview?: number;
+  /** Poll period in ms (default 10). */
+  intervalMs?: number;
+  scheduler?: Scheduler;
+  /** Clock in ms (default Date.now). */
+  now?: () => number;
+  /** Descriptor budget per poll (default as for snapshots). */
+  budget?: number;
+}
+
+export type WatchEvent =
+  | { kind: 'avail'; vring: number; time: number; pos: number; chain: Chain; payload?: Payload }
+  | { kind: 'used'; vring: number; time: number; pos: number; id: number; len: number; chain?: Chain; payload?: Payload; latencyMs?: number }
+  | { kind: 'error'; vring: number; time: number; error: RingError }
+  | { kind: 'resync'; vring: number; time: number; reason: string; inflight: number };
+
+export interface InflightEntry {
+  /** Split: head descriptor index. Packed: buffer id. */
+  head: number;
+  chain: Chain;
+  /** Clock time (ms) when first seen offered. */
+  since: number;
+  /** Split: avail position; packed: slot. */
+  pos: number;
+  /**
+   * Taken from the ring's contents at a (re)synchronisation rather than seen being offered: since is the time of
+   * that resync (or of the earlier sighting of the same head at the same position), and it may be a phantom when
+   * completions were missed out of order (see PackedSnapshot.inflightExact); it goes once a completion proves it.
+   */
+  seeded?: boolean;
+}
+
+export interface WatchStats { polls: number; avail: number; used: number; errors: number; resyncs: number }
+
+export type TrackedSnapshot = RingSnapshot & { tracked: InflightEntry[] };
+
+/**
+ * Watches one ring. Read-only: it only calls the reader's read methods, never writes guest memory and has no
+ * access to kick/call notifiers. Exact for split rings as long as fewer than `num` entries arrive between
+ * two polls; for packed rings as long as it sees each chain offered before the device completes it
+ * (otherwise it resynchronises from the ring's flags and says so with a 'resync' event).
+ */
+export class RingWatcher {
+  readonly cfg: RingConfig;
+  private readonly mem: GuestMemoryReader;
+  private readonly scheduler: Scheduler;
+  private readonly now: () => number;
+  private interval: number;
+  private timer: unknown;
+  private running = false;
+  private synced = false;
+  private readonly listeners = new Set<(ev: WatchEvent) => void>();
+  private readonly inflightMap = new Map<number, InflightEntry[]>();
+  // split cursors
+  private lastAvail = 0;
+  private lastUsed = 0;
+  // packed cursors
+  private availSlot = 0;
+  private availWrap = true;
+  private usedSlot = 0;
+  private usedWrap = true;
+  readonly stats: WatchStats = { polls: 0, avail: 0, used: 0, errors: 0, resyncs: 0 };
+  lastListenerError?: unknown;
+
+  constructor(private readonly opts: WatchOptions) {
+    this.cfg = opts.ring;
+    this.mem = opts.memory;
+    this.scheduler = opts.scheduler ?? realScheduler;
+    this.now = opts.now ?? Date.now;
+    this.interval = opts.intervalMs ?? 10;
+  }
+
+  on(listener: (ev: WatchEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  get isRunning(): boolean { return this.running; }
+
+  setInterval(ms: number): void { this.interval = Math.max(0, ms); }
+
+  /** Start polling every intervalMs (the first poll synchronises with the ring). */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.arm();
+  }
+
+  stop(): void {
+    this.running = false;
+    if (this.timer !== undefined) this.scheduler.clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private arm(): void {
+    this.timer = this.scheduler.setTimeout(() => this.tick(), this.interval);
+  }
+
+  private tick(): void {
+    this.timer = undefined;
+    if (!this.running) return;
+    try {
+      this.poll();
+    } catch (e) {
+      // poll() reports ring problems as events; anything else is a bug, reported and survived.
+      this.emit({ kind: 'error', vring: this.cfg.index, time: this.now(), error: new RingError('io', this.cfg.index, `internal: ${(e as Error).message}`) });
+    }
+    if (this.running) this.arm();
+  }
+
+  /** One poll now: returns (and emits) the new events. Ring-level failures become 'error' events. */
+  poll(): WatchEvent[] {
+    this.stats.polls++;
+    const out: WatchEvent[] = [];
+    try {
+      const ctx = new WalkContext(this.mem, this.cfg, { budget: this.opts.budget });
+      if (!this.synced) this.resync(ctx, 'start', out);
+      else if (this.cfg.packed) this.pollPacked(ctx, out);
+      else this.pollSplit(ctx, out);
+    } catch (e) {
+      const err = e instanceof RingError ? e : e instanceof MemoryError ? fromMemoryError(e, this.cfg.index, 'ring') : undefined;
+      if (!err) throw e;
+      out.push({ kind: 'error', vring: this.cfg.index, time: this.now(), error: err });
+    }
+    for (const ev of out) this.emit(ev);
+    return out;
+  }
+
+  /** Offered buffers not yet used, oldest first. */
+  inflight(): InflightEntry[] {
+    return [...this.inflightMap.values()].flat().sort((a, b) => a.since - b.since);
+  }
+
+  /** In-flight buffers offered at least `ms` ago: what is stuck. */
+  stuck(ms: number): InflightEntry[] {
+    const t = this.now();
+    return this.inflight().filter((e) => t - e.since >= ms);
+  }
+
+  /** Snapshot of the ring now, with what the watcher tracks as in flight (exact where the snapshot can only guess). */
+  snapshot(opts: SnapshotOptions = {}): TrackedSnapshot {
+    const known = new Map<number, Chain>();
+    for (const e of this.inflight()) known.set(e.head, e.chain);
+    const snap = snapshotRing(this.mem, this.cfg, {
+      device: this.opts.device, features: this.opts.features, ctrlQueue: this.opts.ctrlQueue, preview: this.opts.preview, known, ...opts,
+    });
+    return Object.assign(snap, { tracked: this.inflight() });
+  }
+
+  // ---- internals ---------------------------------------------------------------------------------------------
+
+  private emit(ev: WatchEvent): void {
+    if (ev.kind === 'error') this.stats.errors++;
+    for (const l of this.listeners) {
+      try { l(ev); } catch (e) { this.lastListenerError = e; }
+    }
+  }
+
+  private payload(chain: Chain): Payload | undefined {
+    if (this.opts.payloads === false || chain.descs.length === 0) return undefined;
+    return decodePayload(this.mem, chain, this.cfg.index, {
+      device: this.opts.device ?? 'unknown', features: this.opts.features, ctrlQueue: this.opts.ctrlQueue, preview: this.opts.preview,
+    });
+  }
+
+  private track(head: number, chain: Chain, pos: number, time: number, seeded = false): void {
+    const q = this.inflightMap.get(head);
+    const e: InflightEntry = { head, chain, since: time, pos, ...(seeded ? { seeded } : {}) };
+    if (q) q.push(e); else this.inflightMap.set(head, [e]);
+  }
+
+  private untrack(head: number): InflightEntry | undefined {
+    const q = this.inflightMap.get(head);
+    const e = q?.shift();
+    if (q && q.length === 0) this.inflightMap.delete(head);
+    return e;
+  }
+
+  /** (Re)start from what ring memory says now: in-flight set from a snapshot, cursors at the current indices. */
+  private resync(ctx: WalkContext, reason: string, out: WatchEvent[]): void {
+    const t = this.now();
+    const previous = new Map<string, number>();
+    for (const e of this.inflight()) previous.set(`${e.head}@${e.pos}`, e.since);
+    this.inflightMap.clear();
+    if (this.cfg.packed) {
+      const raw = readPacked(ctx);
+      const snap = buildPackedSnapshot(ctx, raw);
+      for (const c of snap.chains) {
+        const pos = c.slot ?? 0;
+        const since = previous.get(`${c.head}@${pos}`);
+        this.track(c.head, c, pos, since ?? t, true);
+      }
+      this.availSlot = snap.driver.next; this.availWrap = snap.driver.wrap;
+      this.usedSlot = snap.device.usedNext; this.usedWrap = snap.device.usedWrap;
+    } else {
+      const raw = readSplit(ctx);
+      const snap = buildSplitSnapshot(ctx, raw, { usedHistory: 0 });
+      for (const c of snap.chains) {
+        const pos = c.availPos ?? 0;
+        const since = previous.get(`${c.head}@${pos}`);
+        this.track(c.head, c, pos, since ?? t, true);
+      }
+      this.lastAvail = raw.availIdx;
+      this.lastUsed = raw.usedIdx;
+    }
+    this.synced = true;
+    if (reason !== 'start') this.stats.resyncs++;
+    out.push({ kind: 'resync', vring: this.cfg.index, time: t, reason, inflight: this.inflight().length });
+  }
+
+  private pollSplit(ctx: WalkContext, out: WatchEvent[]): void {
+    const cfg = this.cfg;
+    const n = cfg.num;
+    const t = this.now();
+    const { availIdx, usedIdx } = readSplitIndices(ctx);
+    const newA = u16(availIdx - this.lastAvail);
+    const newU = u16(usedIdx - this.lastUsed);
+    if (newA === 0 && newU === 0) return;
+    const jump = newA > n ? `avail idx moved from ${this.lastAvail} to ${availIdx}`
+      : newU > n ? `used idx moved from ${this.lastUsed} to ${usedIdx}`
+      : u16(availIdx - usedIdx) > n ? `used idx ${usedIdx} is not within ${n} behind avail idx ${availIdx}` : undefined;
+    if (jump) {
+      out.push({ kind: 'error', vring: cfg.index, time: t, error: new RingError('idx-jump', cfg.index, `${jump} (ring size ${n})`) });
+      this.resync(ctx, 'idx-jump', out);
+      return;
+    }
+    const table = view(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor table'));
+    if (newA) {
+      const ring = view(ctx.readRing(cfg.avail + 4n, 2 * n, 'avail ring'));
+      for (let k = 0; k < newA; k++) {
+        const p = u16(this.lastAvail + k);
+        const head = ring.getUint16((p % n) * 2, true);
+        const chain = walkSplitChain(ctx, table, head);
+        chain.availPos = p;
+        if (chain.error) out.push({ kind: 'error', vring: cfg.index, time: t, error: chain.error });
+        this.track(head, chain, p, t);
+        this.stats.avail++;
+        out.push({ kind: 'avail', vring: cfg.index, time: t, pos: p, chain, payload: this.payload(chain) });
+      }
+      this.lastAvail = availIdx;
+    }
+    if (newU) {
+      const ring = view(ctx.readRing(cfg.used + 4n, 8 * n, 'used ring'));
+      for (let k = 0; k < newU; k++) {
+        const q = u16(this.lastUsed + k);
+        const id = ring.getUint32((q % n) * 8, true);
+        const len = ring.getUint32((q % n) * 8 + 4, true);
+        const entry = id < 0x10000 ? this.untrack(id) : undefined;
+        let chain: Chain | undefined;
+        if (entry) chain = { ...entry.chain, state: 'used', usedLen: len, usedPos: q };
+        else {
+          const error = id >= n
+            ? new RingError('used-id-out-of-range', cfg.index, `used[${q % n}].id ${id} >= ring size ${n}`, { head: id })
+            : new RingError('unknown-used-id', cfg.index, `used[${q % n}].id ${id} is not in flight`, { head: id });
+          out.push({ kind: 'error', vring: cfg.index, time: t, error });
+          if (id < n) { chain = walkSplitChain(ctx, table, id); chain.state = 'used'; chain.usedLen = len; chain.usedPos = q; }
+        }
+        this.stats.used++;
+        out.push({
+          kind: 'used', vring: cfg.index, time: t, pos: q, id, len, chain, payload: chain ? this.payload(chain) : undefined,
+          ...(entry && !entry.seeded ? { latencyMs: t - entry.since } : {}),
+        });
+      }
+      this.lastUsed = usedIdx;
+    }
+  }
+
+  private pollPacked(ctx: WalkContext, out: WatchEvent[]): void {
+    const cfg = this.cfg;
+    const n = cfg.num;
+    const t = this.now();
+    const table = view(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor ring'));
+    const inf = inferPacked(table, n);
+    const clean = inf.changes <= 1; // otherwise the driver is mid-update: trust the flags slot by slot
+    // How far the driver is ahead of our avail cursor (virtual distance), when the flags say so unambiguously.
+    let ahead = n;
+    if (clean) {
+      ahead = this.availWrap === inf.driverWrap ? inf.driverNext - this.availSlot : n - this.availSlot + inf.driverNext;
+      if (ahead < 0 || ahead > n) {
+        this.resync(ctx, `driver at slot ${inf.driverNext} (wrap ${+inf.driverWrap}) is behind the watcher at ${this.availSlot} (wrap ${+this.availWrap})`, out);
+        return;
+      }
+    }
+    // New offers: chains available at our cursor, up to the driver's position.
+    let walked = 0;
+    while (walked < ahead && isAvail(packedFlags(table, this.availSlot), this.availWrap)) {
+      const chain = walkPackedChain(ctx, table, this.availSlot, ahead - walked);
+      if (chain.error) out.push({ kind: 'error', vring: cfg.index, time: t, error: chain.error });
+      const slots = Math.max(1, chain.slots ?? 1);
+      this.track(chain.head, chain, this.availSlot, t);
+      this.stats.avail++;
+      out.push({ kind: 'avail', vring: cfg.index, time: t, pos: this.availSlot, chain, payload: this.payload(chain) });
+      walked += slots;
+      this.advanceAvail(slots);
+    }
+    if (clean && walked < ahead) {
+      // The driver moved on but the slot at our cursor is no longer available: the device completed buffers we never saw.
+      this.resync(ctx, `missed offers: slot ${this.availSlot} is no longer available, driver at slot ${inf.driverNext}`, out);
+      return;
+    }
+    // The driver only reuses a slot after the device used it: if it is more than a ring ahead of our used cursor,
+    // it overwrote used elements we never saw.
+    if (this.distance(this.usedSlot, this.usedWrap, this.availSlot, this.availWrap) > n) {
+      this.resync(ctx, `used elements overwritten before they were seen (used cursor slot ${this.usedSlot}, driver slot ${this.availSlot})`, out);
+      return;
+    }
+    // New used elements at the used cursor; each skips the slots its buffer took when offered.
+    let usedWalked = 0;
+    for (let guard = 0; guard < n && usedWalked < n; guard++) {
+      if (!isUsed(packedFlags(table, this.usedSlot), this.usedWrap)) {
+        if (!this.realignUsed(table, out, t)) break;
+        continue;
+      }
+      const o = this.usedSlot * DESC_SIZE;
+      const id = table.getUint16(o + 12, true);
+      const len = table.getUint32(o + 8, true);
+      const entry = this.untrack(id);
+      let chain: Chain | undefined;
+      if (entry) chain = { ...entry.chain, state: 'used', usedLen: len };
+      else out.push({ kind: 'error', vring: cfg.index, time: t, error: new RingError('unknown-used-id', cfg.index, `used element id ${id} at slot ${this.usedSlot} was not seen offered`, { slot: this.usedSlot }) });
+      this.stats.used++;
+      out.push({
+        kind: 'used', vring: cfg.index, time: t, pos: this.usedSlot, id, len, chain, payload: chain ? this.payload(chain) : undefined,
+        ...(entry && !entry.seeded ? { latencyMs: t - entry.since } : {}),
+      });
+      const skip = Math.max(1, entry?.chain.slots ?? 1);
+      usedWalked += skip;
+      this.advanceUsed(skip);
+    }
+    // Completed buffers free exactly the slots they were offered in: an empty window means nothing is in flight.
+    if (this.usedSlot === this.availSlot && this.usedWrap === this.availWrap && this.inflightMap.size) {
+      const stale = this.inflight().length;
+      this.inflightMap.clear();
+      this.stats.resyncs++;
+      out.push({ kind: 'resync', vring: cfg.index, time: t, reason: `ring drained: dropped ${stale} in-flight entr${stale === 1 ? 'y' : 'ies'} never seen used`, inflight: 0 });
+    }
+  }
+
+  /** Slots from (slot a, wrap aw) forward to (slot b, wrap bw): 0..n, or more than n if b is over a lap ahead. */
+  private distance(a: number, aw: boolean, b: number, bw: boolean): number {
+    const n = this.cfg.num;
+    return aw === bw ? (b >= a ? b - a : b - a + 2 * n) : b - a + n;
+  }
+
+  private advanceAvail(k: number): void {
+    this.availSlot += k;
+    if (this.availSlot >= this.cfg.num) { this.availSlot -= this.cfg.num; this.availWrap = !this.availWrap; }
+  }
+
+  private advanceUsed(k: number): void {
+    this.usedSlot += k;
+    if (this.usedSlot >= this.cfg.num) { this.usedSlot -= this.cfg.num; this.usedWrap = !this.usedWrap; }
+  }
+
+  /**
+   * The used cursor sits on a slot that is not a used element. If a used element of the current lap lies ahead
+   * before the avail cursor, our cursor was misplaced (seeded on the stale tail of a completed chain, or an unknown
+   * id made us skip too little): move to it and drop seeded entries in the skipped slots. Returns whether it moved.
+   */
+  private realignUsed(table: DataView, out: WatchEvent[], t: number): boolean {
+    const n = this.cfg.num;
+    const dist = this.distance(this.usedSlot, this.usedWrap, this.availSlot, this.availWrap);
+    if (dist <= 0 || dist > n) return false;
+    let slot = this.usedSlot, wrap = this.usedWrap;
+    for (let d = 1; d < dist; d++) {
+      slot++;
+      if (slot === n) { slot = 0; wrap = !wrap; }
+      if (isUsed(packedFlags(table, slot), wrap)) {
+        const from = this.usedSlot;
+        for (const [head, q] of this.inflightMap) {
+          const keep = q.filter((e) => !(e.seeded && this.slotWithin(e.pos, from, d)));
+          if (keep.length) this.inflightMap.set(head, keep); else this.inflightMap.delete(head);
+        }
+        this.usedSlot = slot; this.usedWrap = wrap;
+        this.stats.resyncs++;
+        out.push({ kind: 'resync', vring: this.cfg.index, time: t, reason: `used cursor moved from slot ${from} to ${slot}`, inflight: this.inflight().length });
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private slotWithin(pos: number, from: number, count: number): boolean {
+    const d = pos - from;
+    return (d >= 0 ? d : d + this.cfg.num) < count;
+  }
+}
