@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { FfiNative } from './ffi';
 import type { ProgramName } from './programs';
-import type { WorkerCommand, WorkerEvent } from './workerProtocol';
+import type { WorkerCommand, WorkerEvent, WorkerPost } from './workerProtocol';
 
 let host: FfiNative | undefined;
 /** The host thread's native layer (one ledger for every fd the host thread owns). */
@@ -42,7 +42,10 @@ export class PumpHost extends EventEmitter<PumpHostEvents> {
       this.on('event', onEv);
     });
     this.ready.catch(() => undefined);
-    this.worker.on('message', (e: WorkerEvent) => this.emit('event', e));
+    this.worker.on('message', (p: WorkerPost) => {
+      if (p.kind === 'batch') for (const e of p.events) this.emit('event', e);
+      else this.emit('event', p);
+    });
     this.worker.on('error', (err) => this.emit('event', { kind: 'error', where: 'worker', message: err.stack ?? String(err) }));
     this.worker.on('exit', (code) => {
       this.exited = true;

@@ -56,6 +56,9 @@ export type WorkerEvent =
   | { kind: 'ready' }
   | { kind: 'stopped'; ledger: number; violations: string[] };
 
+/** What actually crosses the thread boundary: single events, or batches of message/notify events. */
+export type WorkerPost = WorkerEvent | { kind: 'batch'; events: WorkerEvent[] };
+
 export type WorkerCommand =
   /** Hold messages whose `channel:code` key is listed (or every message when `all`). */
   | { type: 'gate'; all: boolean; keys: string[] }

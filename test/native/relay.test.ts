@@ -298,7 +298,7 @@ test('malformed headers are relayed unchanged and decoded with problems; an over
     return got.length >= huge.byteLength;
   }, 'raw bytes');
   assert.deepEqual(Uint8Array.from(got), huge);
-  assert.ok(r.events.find((e) => e.kind === 'error' && /raw bytes/.test(e.message)));
+  await until(() => r.events.find((e) => e.kind === 'error' && /raw bytes/.test(e.message)), 'the raw-relay report');
   fe.close();
   be.close();
   await finish(r);
