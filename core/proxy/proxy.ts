@@ -5,13 +5,14 @@ import { SessionTracker, type EngineEvent } from '../session/tracker';
 import { CaptureWriter } from './capture';
 import type { RelayOptions, WorkerEvent } from '../node/workerProtocol';
 import type { DeviceType } from '../protocol/features';
+import type { Engine } from '../engine';
 
 export interface ProxyOptions extends RelayOptions {
   device?: DeviceType;
   capture?: string;
 }
 
-export class Proxy extends EventEmitter<{ event: [EngineEvent] }> {
+export class Proxy extends EventEmitter<{ event: [EngineEvent] }> implements Engine {
   readonly tracker: SessionTracker;
   readonly host: PumpHost;
   private capture?: CaptureWriter;
