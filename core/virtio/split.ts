@@ -19,8 +19,10 @@ export interface SplitSnapshot {
   /** avail.idx - device next avail, when the latter is known: chains the device has not fetched. */
   pendingCount?: number;
   /**
-   * Whether the in-flight set is certain. From ring memory alone it is only when completions were in order;
-   * otherwise it is a best guess (the RingWatcher, which sees every step, is exact).
+   * Whether the visible history is consistent with in-order completion (each visible used element matches the
+   * avail entry at the same position, and no head repeats among the in-flight positions). The in-flight set is
+   * then exact if completions were in order throughout; memory alone cannot prove it (a straggler older than
+   * the visible history is invisible). When false the set is a best guess. The RingWatcher sees every step.
    */
   inflightExact: boolean;
   /** In-flight chains oldest first, then used chains oldest first. */
@@ -165,8 +167,15 @@ export function splitInflightPositions(raw: SplitRaw, num: number): { positions:
   }
   if (exact) {
     const positions: number[] = [];
-    for (let j = 0; j < k; j++) positions.push(u16(U + j));
-    return { positions, exact };
+    const heads = new Set<number>();
+    for (let j = 0; j < k; j++) {
+      const p = u16(U + j);
+      positions.push(p);
+      heads.add(availAt(p));
+    }
+    // A head cannot be in flight twice: a repeat means completions were not in order after all.
+    if (heads.size === k) return { positions, exact };
+    exact = false;
   }
   // Distances back from avail.idx: offer at dp in [1, A]; use at dq = O - q.
   const newestUse = new Map<number, number>();

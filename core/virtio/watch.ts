@@ -293,6 +293,22 @@ export class RingWatcher {
       }
       this.lastUsed = usedIdx;
     }
+    // The indices say exactly how many buffers are in flight: entries beyond that were completed under ids we
+    // could not match (hostile or torn used elements). Drop the oldest.
+    this.trim(u16(availIdx - usedIdx), t, out);
+  }
+
+  private trim(max: number, t: number, out: WatchEvent[]): void {
+    const all = this.inflight();
+    if (all.length <= max) return;
+    const drop = all.length - max;
+    const victims = new Set(all.slice(0, drop));
+    for (const [head, q] of this.inflightMap) {
+      const keep = q.filter((e) => !victims.has(e));
+      if (keep.length) this.inflightMap.set(head, keep); else this.inflightMap.delete(head);
+    }
+    this.stats.resyncs++;
+    out.push({ kind: 'resync', vring: this.cfg.index, time: t, reason: `dropped ${drop} oldest in-flight entr${drop === 1 ? 'y' : 'ies'}: more than the ring can hold in flight`, inflight: max });
   }
 
   private pollPacked(ctx: WalkContext, out: WatchEvent[]): void {
@@ -357,6 +373,7 @@ export class RingWatcher {
       usedWalked += skip;
       this.advanceUsed(skip);
     }
+    this.trim(n, t, out);
     // Completed buffers free exactly the slots they were offered in: an empty window means nothing is in flight.
     if (this.usedSlot === this.availSlot && this.usedWrap === this.availWrap && this.inflightMap.size) {
       const stale = this.inflight().length;

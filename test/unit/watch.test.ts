@@ -115,14 +115,16 @@ test('watch split: buffers in flight when watching starts are seeded; idx jump a
   rb.setAvailIdx(rb.availIdx + 1);
   rb.setAvailEntry(rb.availIdx - 1, 6);
   const e2 = tick();
-  assert.deepEqual(kinds(e2), ['avail', 'error', 'used']);
+  assert.deepEqual(kinds(e2), ['avail', 'error', 'used', 'resync']);
   assert.equal((e2[1] as Extract<WatchEvent, { kind: 'error' }>).error.code, 'unknown-used-id');
+  // avail.idx - used.idx says nothing is in flight: the entry for head 6 (completed under id 5) is dropped.
+  assert.deepEqual(w.inflight(), []);
   // Avail index jumping by more than the ring size.
   rb.setAvailIdx(rb.availIdx + 9);
   const e3 = tick();
   assert.deepEqual(kinds(e3), ['error', 'resync']);
   assert.equal((e3[0] as Extract<WatchEvent, { kind: 'error' }>).error.code, 'idx-jump');
-  assert.equal(w.stats.resyncs, 1);
+  assert.equal(w.stats.resyncs, 2);
 });
 
 test('watch: ring not mapped yet -> error events, polling continues, syncs once memory appears', () => {
