@@ -230,7 +230,8 @@ export const shmemConfig = codec<ShmemConfig>({
     const nregions = r.u32();
     const padding = r.u32();
     const memorySizes: bigint[] = [];
-    while (r.remaining >= 8 && memorySizes.length < SHMEM_MAX_REGIONS) memorySizes.push(r.u64());
+    // Fixed layout (rust-vmm VhostUserShMemConfig): all 256 sizes are on the wire; fewer is a truncated payload.
+    for (let i = 0; i < SHMEM_MAX_REGIONS; i++) memorySizes.push(r.u64());
     return { nregions, padding, memorySizes };
   },
   encode: (v, w) => {

@@ -140,7 +140,8 @@ export class Session {
   }
 
   private pair(m: SessionMessage): void {
-    if (!m.spec) return;
+    // A message from the wrong side is neither a request of this channel nor a reply to one.
+    if (!m.spec || m.problems.some((x) => x.code === 'wrong-direction')) return;
     const key = `${m.channel}:${m.code}`;
     if (!m.reply) {
       m.expectsReply = this.expectsReply(m);
@@ -150,8 +151,10 @@ export class Session {
       this.unreplied.set(key, q);
       return;
     }
-    const q = this.unreplied.get(key);
-    const req = q?.shift();
+    // The oldest request that asked for a reply; an older one that did not ask cannot claim it.
+    const q = this.unreplied.get(key) ?? [];
+    const asked = q.findIndex((p) => p.msg.expectsReply);
+    const req = q.length ? q.splice(asked < 0 ? 0 : asked, 1)[0] : undefined;
     if (!req) {
       m.problems.push(problem('unexpected-reply', `reply to ${m.name} without a pending request`));
       return;
@@ -194,7 +197,7 @@ export class Session {
   private apply(m: SessionMessage, kept: number[] | undefined, changes: StateChange[]): number[] | undefined {
     const p = m.payload as Record<string, any> | undefined;
     const s = this.state;
-    if (!m.spec || !p || m.problems.some((x) => x.code === 'truncated-payload' || x.code === 'decoder-fault')) return kept;
+    if (!m.spec || !p || m.problems.some((x) => x.code === 'truncated-payload' || x.code === 'decoder-fault' || x.code === 'wrong-direction')) return kept;
     if (m.channel === 'backend') return kept;
     const idx = typeof p.index === 'number' ? p.index : undefined;
     if (m.reply) {
@@ -203,7 +206,7 @@ export class Session {
         case 'GET_PROTOCOL_FEATURES': s.protocolFeatures.offered = p.features; changes.push({ what: 'protocol-features', offered: p.features }); this.inferDevice(changes); break;
         case 'GET_QUEUE_NUM': s.queueNum = Number(p.queueNum); break;
         case 'GET_MAX_MEM_SLOTS': s.maxMemSlots = Number(p.slots); break;
-        case 'GET_STATUS': s.status = Number(p.status); break;
+        case 'GET_STATUS': s.status = Number(p.status); changes.push({ what: 'status', status: s.status }); break;
         case 'GET_VRING_BASE': if (idx !== undefined) { const v = this.vring(idx); v.stoppedAt = p.num; changes.push({ what: 'vring', index: idx }); } break;
         case 'GET_CONFIG': if (p.data) { s.config = { offset: p.offset, data: p.data }; this.inferDevice(changes); } break;
         case 'SET_BACKEND_REQ_FD': break;
@@ -268,7 +271,11 @@ export class Session {
       case 'SET_STATUS': s.status = Number(p.status); changes.push({ what: 'status', status: s.status }); break;
       case 'SET_CONFIG': s.config = { offset: p.offset, data: p.data }; break;
       case 'SET_BACKEND_REQ_FD': if (m.fds === 1) { s.backendChannel = 'open'; changes.push({ what: 'backend-channel', state: 'open' }); } break;
-      case 'RESET_DEVICE': s.status = 0; for (const v of s.vrings.values()) { v.enabled = false; v.stopped = true; } break;
+      case 'RESET_DEVICE':
+        s.status = 0;
+        changes.push({ what: 'status', status: 0 });
+        for (const v of s.vrings.values()) { v.enabled = false; v.stopped = true; changes.push({ what: 'vring', index: v.index }); }
+        break;
       case 'SEND_RARP': case 'NET_SET_MTU': this.setDevice('net', changes); break;
     }
     return kept;
