@@ -10,13 +10,15 @@ import type { Endpoint, EndpointMode } from '../node/workerProtocol';
 import type { DeviceType } from '../protocol/features';
 import { MESSAGES } from '../protocol/table';
 import { hostNative } from '../node/pumpHost';
+import type { Engine } from '../engine';
 
 export class UsageError extends Error {}
 
-interface Parsed { cmd: string; args: string[]; flags: Map<string, string | true> }
+export interface Parsed { cmd: string; args: string[]; flags: Map<string, string | true> }
 
 /** Flags that take a value; every other `--x` is a boolean. */
-const VALUED = new Set(['frontend', 'backend', 'capture', 'device', 'socket-mode', 'socket-group', 'max-sessions', 'poll-hz', 'connect-timeout', 'notify-interval']);
+/** Flags that take a value (other engines' commands add theirs). */
+export const VALUED = new Set(['frontend', 'backend', 'capture', 'device', 'socket-mode', 'socket-group', 'max-sessions', 'poll-hz', 'connect-timeout', 'notify-interval', 'socket', 'image', 'tap', 'ip', 'mac']);
 
 export function parseArgs(argv: string[]): Parsed {
   const [cmd = 'help', ...rest] = argv;
@@ -43,15 +45,15 @@ export function parseEndpoint(spec: string, def: EndpointMode, what: string): En
   return { mode: def, path: spec };
 }
 
-const str = (p: Parsed, k: string): string | undefined => { const v = p.flags.get(k); return typeof v === 'string' ? v : undefined; };
-function num(p: Parsed, k: string): number | undefined {
+export const str = (p: Parsed, k: string): string | undefined => { const v = p.flags.get(k); return typeof v === 'string' ? v : undefined; };
+export function num(p: Parsed, k: string): number | undefined {
   const v = str(p, k);
   if (v === undefined) return undefined;
   const n = Number(v);
   if (!Number.isFinite(n) || n < 0) throw new UsageError(`--${k} must be a non-negative number, got "${v}"`);
   return n;
 }
-function device(p: Parsed): DeviceType | undefined {
+export function device(p: Parsed): DeviceType | undefined {
   const d = str(p, 'device');
   if (d === undefined) return undefined;
   if (!['net', 'blk', 'fs'].includes(d)) throw new UsageError(`--device must be net, blk or fs, got "${d}"`);
@@ -150,29 +152,35 @@ export async function runProxy(p: Parsed, io: CliIo = stdio, signal?: AbortSigna
   const modeText = str(p, 'socket-mode');
   const socketMode = modeText === undefined ? undefined : parseInt(modeText, 8);
   if (modeText !== undefined && (!/^[0-7]{3,4}$/.test(modeText))) throw new UsageError(`--socket-mode must be octal like 600 or 660, got "${modeText}"`);
-  const printer = new Printer(p.flags.has('json'), io.out);
   const proxy = new Proxy({
     frontend, backend, device: device(p), capture: str(p, 'capture'), notifiers: p.flags.has('notifiers'),
     socketMode, socketGroup: str(p, 'socket-group'), maxSessions: num(p, 'max-sessions'),
     connectTimeoutMs: num(p, 'connect-timeout'), notifyIntervalMs: num(p, 'notify-interval'),
   });
-  proxy.on('event', (e) => printer.event(e, proxy.tracker));
+  return runEngine(proxy, p, io, signal);
+}
+
+/** Run any engine until SIGINT/SIGTERM (or until it ends by itself), printing its events, then a summary. */
+export async function runEngine(engine: Engine, p: Parsed, io: CliIo = stdio, signal?: AbortSignal): Promise<number> {
+  const printer = new Printer(p.flags.has('json'), io.out);
+  engine.on('event', (e) => printer.event(e, engine.tracker));
   try {
-    await proxy.start();
+    await engine.start();
   } catch (e) {
-    await proxy.stop();
+    await engine.stop();
     throw new UsageError((e as Error).message.replace(/^listen: |^bind: /, 'cannot listen: '));
   }
+  for (const hook of engineHooks) hook(engine, p, printer);
   const stopped = new Promise<'signal' | 'done'>((resolve) => {
     const onSig = () => resolve('signal');
     process.once('SIGINT', onSig);
     process.once('SIGTERM', onSig);
     signal?.addEventListener('abort', onSig);
-    proxy.finished().then(() => resolve('done'));
+    engine.finished().then(() => resolve('done'));
   });
   await stopped;
-  const final = await proxy.stop();
-  const sessions = [...proxy.tracker.sessions.values()].map((s) => ({ id: s.state.id, ...proxy.tracker.summary(s), state: stateJson(s.state) }));
+  const final = await engine.stop();
+  const sessions = [...engine.tracker.sessions.values()].map((s) => ({ id: s.state.id, ...engine.tracker.summary(s), state: stateJson(s.state) }));
   const hostFds = hostNative().ledger.count;
   if (printer.json) printer.obj({ kind: 'summary', sessions: sessions as unknown as Json, workerFds: final.ledger, hostFds });
   else {
@@ -180,6 +188,9 @@ export async function runProxy(p: Parsed, io: CliIo = stdio, signal?: AbortSigna
   }
   return 0;
 }
+
+/** Extra observers attached to every engine the CLI runs (e.g. ring watch with --rings). */
+export const engineHooks: ((engine: Engine, p: Parsed, printer: Printer) => void)[] = [];
 
 export function runReplay(p: Parsed, io: CliIo = stdio): number {
   const file = p.args[0];
