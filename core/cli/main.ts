@@ -16,7 +16,6 @@ export class UsageError extends Error {}
 
 export interface Parsed { cmd: string; args: string[]; flags: Map<string, string | true> }
 
-/** Flags that take a value; every other `--x` is a boolean. */
 /** Flags that take a value (other engines' commands add theirs). */
 export const VALUED = new Set(['frontend', 'backend', 'capture', 'device', 'socket-mode', 'socket-group', 'max-sessions', 'poll-hz', 'connect-timeout', 'notify-interval', 'socket', 'image', 'tap', 'ip', 'mac']);
 
