@@ -1,7 +1,7 @@
 // Build: transpile every TypeScript file to out/ (for node --test) and bundle the entry points to dist/ (esbuild).
 import { build } from 'esbuild';
 import { readdirSync, statSync, existsSync, rmSync, chmodSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
 const srcDirs = ['core', 'common', 'adapter', 'extension', 'test', 'bench'];
@@ -27,13 +27,24 @@ function bundle(entry, outfile, extra = {}) {
 }
 
 const entries = srcDirs.flatMap((d) => tsFiles(join(root, d)));
-rmSync(join(root, 'out'), { recursive: true, force: true });
 await build({
   entryPoints: entries, outdir: join(root, 'out'), outbase: root, bundle: false, platform: 'node',
   format: 'cjs', target: 'node20', sourcemap: 'inline', logLevel: 'warning',
 });
+// Prune outputs whose source is gone (in place, so a test run reading out/ meanwhile never sees it empty).
+const wanted = new Set(entries.map((e) => relative(root, e).replace(/\.ts$/, '.js')));
+function prune(dir) {
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) prune(p);
+    else if (name.endsWith('.js') && !wanted.has(relative(join(root, 'out'), p))) rmSync(p);
+  }
+}
+prune(join(root, 'out'));
+
 const bundles = [
-  ['core/cli/main.ts', 'dist/cli.js', { banner: { js: '#!/usr/bin/env node' } }],
+  ['core/cli/index.ts', 'dist/cli.js', { banner: { js: '#!/usr/bin/env node' } }],
   ['core/node/pumpWorker.ts', 'dist/pumpWorker.js'],
 ];
 for (const [entry, outfile, extra] of bundles) {

@@ -18,5 +18,5 @@ function find(dir) {
 }
 const files = (groups.length ? groups : ['']).flatMap((g) => find(join(base, g)));
 if (files.length === 0) { console.error('no test files found; run npm run build first'); process.exit(1); }
-const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', '--test-reporter=spec', ...files], { stdio: 'inherit' });
+const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...files], { stdio: 'inherit' });
 process.exit(r.status ?? 1);

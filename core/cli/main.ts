@@ -9,6 +9,7 @@ import { NativeError } from '../sys/native';
 import type { Endpoint, EndpointMode } from '../node/workerProtocol';
 import type { DeviceType } from '../protocol/features';
 import { MESSAGES } from '../protocol/table';
+import { messageTableMarkdown } from '../protocol/docs';
 import { hostNative } from '../node/pumpHost';
 import type { Engine } from '../engine';
 
@@ -129,7 +130,8 @@ usage:
       --max-sessions N      exit after N sessions have ended
       --wait                do not require connect-side sockets to exist at start
   vhost-lens replay FILE [--json]      print a captured session again
-  vhost-lens table                     the message table (every request of both channels)
+  vhost-lens table [--markdown]        the message table (every request of both channels)
+  vhost-lens demo [--json]             a real QEMU guest attached through Vhost Lens, decoded, ending by itself
 `;
 
 export interface CliIo { out: (s: string) => void; err: (s: string) => void }
@@ -207,6 +209,7 @@ export function runReplay(p: Parsed, io: CliIo = stdio): number {
 }
 
 function runTable(p: Parsed, io: CliIo): number {
+  if (p.flags.has('markdown')) { io.out(messageTableMarkdown()); return 0; }
   for (const m of MESSAGES) {
     io.out(`${m.channel.padEnd(8)}${String(m.code).padStart(3)}  ${m.name.padEnd(34)}${m.category.padEnd(16)}${m.summary}\n`);
   }
@@ -237,9 +240,3 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
 
 /** Commands contributed by other engines (demo, backend) register here to keep this file's imports small. */
 export const extraCommands: Record<string, (p: Parsed, io: CliIo) => Promise<number>> = {};
-
-if (require.main === module) {
-  // `vhost-lens … | head` closes our stdout: that is the reader's choice, not an error.
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'EPIPE') process.exit(0); });
-  main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
-}
