@@ -1,6 +1,7 @@
 // CLI entry point (bundled to dist/cli.js): registers every command module, then runs main().
 import { main } from './main';
 import './demo';
+import './rings';
 
 // `vhost-lens … | head` closes our stdout: that is the reader's choice, not an error.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'EPIPE') process.exit(0); });

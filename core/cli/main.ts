@@ -124,7 +124,9 @@ usage:
       --json                one JSON object per line (kind: message, state, session, connection, notify, error, summary)
       --capture FILE        record the session for replay (versioned JSON lines)
       --device net|blk|fs   device type for names and payload decoding (default: inferred)
-      --notifiers           interpose on kick/call/err eventfds and count every signal
+      --notifiers           interpose on kick/call/err eventfds and count every signal (kind:"notify")
+      --rings               watch every live vring through the guest memory fds (kind:"ring": chains, payloads)
+      --poll-hz N           ring polling rate with --rings (default 100); kill -USR1 PID prints a snapshot of every vring
       --socket-mode MODE    mode of listening sockets (octal, default 600)
       --socket-group GROUP  group of listening sockets (e.g. the group QEMU runs as)
       --max-sessions N      exit after N sessions have ended

@@ -1,0 +1,176 @@
+// Ring observation for any engine: watches each live vring of each session through its memory fds, on demand or polled.
+import { EventEmitter } from 'node:events';
+import { RegionMemory } from '../memory/guestMemory';
+import { RingWatcher, type WatchEvent } from '../virtio/watch';
+import { ringConfigFromVring, snapshotRing, type RingSnapshot } from '../virtio/snapshot';
+import { RingError, type Chain } from '../virtio/ring';
+import type { Payload } from '../virtio/payload';
+import type { Engine } from '../engine';
+import type { Session, Vring } from './session';
+import type { EngineEvent } from './tracker';
+
+export interface ChainView {
+  head: number;
+  state: 'inflight' | 'used';
+  descriptors: { addr: bigint; len: number; flags: number; write: boolean }[];
+  readable: number;
+  writable: number;
+  usedLen?: number;
+  device?: Payload;
+  error?: string;
+}
+
+/** New ring activity seen by one poll of one vring (`kind:"ring"` in the CLI's JSON). */
+export interface RingEvent {
+  kind: 'ring';
+  session: number;
+  vring: number;
+  time: number;
+  /** Split: avail/used positions after this poll (free-running u16); packed: slot positions. */
+  availIdx?: number;
+  usedIdx?: number;
+  chains: ChainView[];
+  errors: string[];
+  resync?: string;
+}
+
+export function chainView(c: Chain, payload?: unknown): ChainView {
+  const v: ChainView = {
+    head: c.head, state: c.state, readable: c.readable, writable: c.writable,
+    descriptors: c.descs.map((d) => ({ addr: d.addr, len: d.len, flags: d.flags, write: d.write })),
+  };
+  if (c.usedLen !== undefined) v.usedLen = c.usedLen;
+  const p = (payload ?? c.payload) as Payload | undefined;
+  if (p) v.device = p;
+  if (c.error) v.error = c.error.message;
+  return v;
+}
+
+interface Watch { watcher: RingWatcher; key: string; pending?: RingEvent }
+
+export interface RingObserverOptions {
+  /** Polling rate; 0 disables polling (snapshots on demand only). */
+  pollHz: number;
+}
+
+export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
+  private readonly memories = new Map<number, RegionMemory>();
+  private readonly watches = new Map<string, Watch>();
+  private readonly onEvent = (e: EngineEvent): void => this.handle(e);
+
+  constructor(private readonly engine: Engine, private readonly opts: RingObserverOptions) {
+    super();
+    engine.on('event', this.onEvent);
+  }
+
+  private memory(s: Session): RegionMemory {
+    let m = this.memories.get(s.state.id);
+    if (!m) { m = RegionMemory.forSession(s.state); this.memories.set(s.state.id, m); }
+    return m;
+  }
+
+  /** Snapshot one vring now (throws RingError when it cannot be read at all). */
+  snapshot(sessionId: number, vring: number): RingSnapshot {
+    const s = this.engine.tracker.sessions.get(sessionId);
+    const v = s?.state.vrings.get(vring);
+    if (!s || !v) throw new RingError('not-configured', vring, `session ${sessionId} has no vring ${vring}`);
+    return snapshotRing(this.memory(s), v, { features: s.state.features.acked, device: s.state.device });
+  }
+
+  private handle(e: EngineEvent): void {
+    if (e.kind === 'session' && e.event === 'end') { this.dropSession(e.session); return; }
+    if (e.kind !== 'message' || !this.opts.pollHz) return;
+    if (!e.changes.some((c) => c.what === 'vring' || c.what === 'memory' || c.what === 'features')) return;
+    const s = this.engine.tracker.sessions.get(e.msg.session);
+    if (!s) return;
+    for (const v of s.state.vrings.values()) this.reconsider(s, v);
+  }
+
+  private live(s: Session, v: Vring): boolean {
+    return v.num !== undefined && !!v.addr && !v.stopped && (v.kick === 'fd' || v.enabled === true) && s.state.memory.length > 0;
+  }
+
+  private reconsider(s: Session, v: Vring): void {
+    const id = `${s.state.id}:${v.index}`;
+    const w = this.watches.get(id);
+    const key = this.live(s, v) ? `${v.num}:${v.addr!.desc}:${v.addr!.avail}:${v.addr!.used}:${s.state.features.acked}` : '';
+    if (w && w.key === key) return;
+    if (w) {
+      // Last look before the ring stops or changes, so its final entries are reported.
+      try { w.watcher.poll(); } catch { /* reported as events */ }
+      this.flush(s.state.id, v.index, w);
+      w.watcher.stop();
+      this.watches.delete(id);
+    }
+    if (!key) return;
+    let cfg;
+    try { cfg = ringConfigFromVring(v, s.state.features.acked); } catch (err) {
+      this.emit('ring', { kind: 'ring', session: s.state.id, vring: v.index, time: Date.now() * 1000, chains: [], errors: [(err as Error).message] });
+      return;
+    }
+    const watcher = new RingWatcher({
+      memory: this.memory(s), ring: cfg, device: s.state.device, features: s.state.features.acked,
+      intervalMs: Math.max(1, Math.round(1000 / this.opts.pollHz)),
+    });
+    const nw: Watch = { watcher, key };
+    watcher.on((ev) => this.collect(s.state.id, v.index, nw, ev));
+    this.watches.set(id, nw);
+    watcher.start();
+  }
+
+  /** Events of one poll arrive synchronously; group them into one ring event. */
+  private collect(session: number, vring: number, w: Watch, ev: WatchEvent): void {
+    if (!w.pending) {
+      w.pending = { kind: 'ring', session, vring, time: ev.time * 1000, chains: [], errors: [] };
+      queueMicrotask(() => this.flush(session, vring, w));
+    }
+    const p = w.pending;
+    switch (ev.kind) {
+      case 'avail': p.chains.push(chainView(ev.chain, ev.payload)); p.availIdx = (ev.pos + 1) & 0xffff; break;
+      case 'used':
+        if (ev.chain) p.chains.push(chainView({ ...ev.chain, state: 'used', usedLen: ev.len }, ev.payload));
+        else p.chains.push({ head: ev.id, state: 'used', descriptors: [], readable: 0, writable: 0, usedLen: ev.len });
+        p.usedIdx = (ev.pos + 1) & 0xffff;
+        break;
+      case 'error': p.errors.push(ev.error.message); break;
+      case 'resync': p.resync = ev.reason; break;
+    }
+  }
+
+  private flush(_session: number, _vring: number, w: Watch): void {
+    const p = w.pending;
+    w.pending = undefined;
+    if (!p) return;
+    // A chain offered and completed between two polls is reported once, as used. Its buffers (an indirect table
+    // above all) may have been freed and reused by the driver before the walk: say so instead of crying "hostile".
+    const used = new Map(p.chains.filter((c) => c.state === 'used').map((c) => [c.head, c]));
+    const chains: ChainView[] = [];
+    for (const c of p.chains) {
+      if (c.state === 'inflight' && used.has(c.head)) continue;
+      if (c.state === 'used' && c.error && !c.error.startsWith('recycled')) {
+        c.error = `recycled before it could be read (the request completed between polls): ${c.error}`;
+      }
+      chains.push(c);
+    }
+    const chainErrors = new Set(p.chains.flatMap((c) => (c.error ? [c.error] : [])));
+    p.chains = chains;
+    p.errors = [...new Set(p.errors)].filter((e) => ![...chainErrors].some((ce) => ce.includes(e) || e.includes(ce.replace(/^recycled[^:]*: /, ''))));
+    if (p.chains.length || p.errors.length || p.resync) this.emit('ring', p);
+  }
+
+  private dropSession(session: number): void {
+    for (const [id, w] of this.watches) {
+      if (!id.startsWith(`${session}:`)) continue;
+      w.watcher.stop();
+      this.watches.delete(id);
+    }
+    this.memories.delete(session);
+  }
+
+  stop(): void {
+    this.engine.off('event', this.onEvent);
+    for (const w of this.watches.values()) w.watcher.stop();
+    this.watches.clear();
+    this.memories.clear();
+  }
+}

@@ -1,0 +1,170 @@
+// Integration: vring decoding and notifier interposition through the proxy (CLI --rings/--notifiers) on real peers.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { createRawImage, readSectors, requireBinary, requireTestpmd } from '../../core/peers';
+import { note, randomAlnum, usePeers, withPeerLogs } from '../helpers/peers';
+import { runCli, type CliRun, type JsonLine } from '../helpers/cliProxy';
+
+const GUARD = { timeout: 240_000 };
+
+const chainsOf = (cli: CliRun, vring?: number): JsonLine[] =>
+  cli.of('ring').filter((r) => vring === undefined || r.vring === vring).flatMap((r) => r.chains);
+
+async function check<T>(cli: CliRun, f: () => Promise<T>): Promise<T> {
+  try { return await f(); } catch (e) { (e as Error).message += `\n${cli.log()}`; throw e; }
+}
+
+test('blk: OUT chains for exactly the written sectors carry the written bytes, then IN chains, status OK', GUARD, async (t) => {
+  requireBinary('qemu-system-x86_64');
+  requireBinary('qemu-storage-daemon');
+  const peers = usePeers(t);
+  const dir = peers.tmpDir('rings-blk');
+  const image = createRawImage(join(dir, 'disk.img'), 64);
+  const qsd = peers.qsd({ image, socket: join(dir, 'qsd.sock') });
+  await qsd.start();
+  const proxySock = join(dir, 'proxy.sock');
+  const cli = runCli(t, ['proxy', '--frontend', proxySock, '--backend', qsd.socket, '--json', '--rings', '--poll-hz', '1000']);
+  await withPeerLogs(peers, () => check(cli, async () => {
+    await cli.waitFor((c) => c.of('connection').find((l) => l.event === 'listening'), 'listening');
+    const guest = peers.qemu({ name: 'qemu-rings-blk', blk: [{ socket: proxySock }] });
+    await guest.start();
+    await guest.waitReady();
+    await guest.check('i=0; while ! [ -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b /dev/vda ]', { timeoutMs: 60_000 });
+    const writes = [3000, 9000].map((sector) => ({ sector, marker: `VLRING${randomAlnum(10)}` }));
+    for (const w of writes) {
+      await guest.check(`printf '%s' '${w.marker}' | dd of=/dev/vda bs=512 seek=${w.sector} count=1 conv=sync oflag=direct 2>/dev/null`, { timeoutMs: 60_000 });
+    }
+    for (const w of writes) {
+      const back = await guest.check(`dd if=/dev/vda bs=512 skip=${w.sector} count=1 iflag=direct 2>/dev/null | head -c ${w.marker.length}`, { timeoutMs: 60_000 });
+      assert.equal(back, w.marker);
+    }
+    assert.deepEqual(await guest.poweroff(), { code: 0, signal: null });
+    for (const w of writes) assert.equal(readSectors(image, w.sector).subarray(0, w.marker.length).toString(), w.marker);
+    await cli.waitFor((c) => c.of('session').find((l) => l.event === 'end'), 'session end');
+    await cli.interrupt();
+    const chains = chainsOf(cli, 0).filter((c) => c.device?.kind === 'blk');
+    note(t, 'blk chains decoded', chains.length);
+    const outs = chains.filter((c) => c.device.type === 'OUT');
+    assert.deepEqual([...new Set(outs.map((c) => Number(BigInt(c.device.sector))))].sort((a, b) => a - b), writes.map((w) => w.sector),
+      'OUT requests for exactly the written sectors');
+    for (const w of writes) {
+      const out = outs.find((c) => BigInt(c.device.sector) === BigInt(w.sector) && c.state === 'used');
+      assert.ok(out, `a completed OUT at sector ${w.sector}`);
+      assert.equal(out.device.status, 'OK');
+      assert.equal(out.device.len, 512);
+      assert.equal(Buffer.from(out.device.preview.replace(/[^0-9a-f]/g, ''), 'hex').toString(), w.marker.slice(0, 16), 'the OUT chain carries the written bytes');
+      const desc = out.descriptors;
+      assert.equal(desc[0].write, false, 'header is device-readable');
+      assert.equal(desc[desc.length - 1].write, true, 'status byte is device-writable');
+      const inn = chains.find((c) => c.device.type === 'IN' && BigInt(c.device.sector) === BigInt(w.sector) && c.state === 'used');
+      assert.ok(inn, `a completed IN at sector ${w.sector}`);
+      assert.equal(inn.device.status, 'OK');
+      const outIdx = chains.indexOf(out), inIdx = chains.indexOf(inn);
+      assert.ok(inIdx > outIdx, 'the read comes after the write');
+    }
+  }));
+});
+
+test('net: ARP and ICMP frames decoded on the TX ring, the echoed frames on the RX ring (QEMU <-> proxy <-> testpmd)', GUARD, async (t) => {
+  requireBinary('qemu-system-x86_64');
+  requireTestpmd();
+  const peers = usePeers(t);
+  const dir = peers.tmpDir('rings-net');
+  const tpSock = join(dir, 'tp.sock'), proxySock = join(dir, 'proxy.sock');
+  const tp = peers.testpmd({ name: 'testpmd-vhost', vdev: { kind: 'vhost', iface: tpSock } });
+  await tp.start();
+  const cli = runCli(t, ['proxy', '--frontend', proxySock, '--backend', tpSock, '--json', '--rings', '--poll-hz', '1000']);
+  await withPeerLogs(peers, () => check(cli, async () => {
+    await cli.waitFor((c) => c.of('connection').find((l) => l.event === 'listening'), 'listening');
+    const guest = peers.qemu({ name: 'qemu-rings-net', net: [{ socket: proxySock }] });
+    await guest.start();
+    await guest.waitReady();
+    await guest.check('i=0; while ! [ -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0', { timeoutMs: 60_000 });
+    await guest.check('i=0; while [ "$(cat /sys/class/net/eth0/carrier)" != 1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done', { timeoutMs: 60_000 });
+    // No ARP entry for 10.0.0.1: the guest asks (ARP), nobody answers (testpmd echoes the request back).
+    await guest.run('ping -c 2 -W 1 10.0.0.1', { timeoutMs: 30_000 });
+    // A static entry: the guest sends ICMP echo requests, testpmd echoes them back unchanged.
+    await guest.check('arp -s 10.0.0.3 52:54:00:00:00:03');
+    await guest.run('ping -c 3 -i 0.3 -W 1 10.0.0.3', { timeoutMs: 30_000 });
+    await cli.waitFor(() => chainsOf(cli, 0).some((c) => /ICMP echo request/.test(c.device?.summary ?? '')), 'echoed ICMP on the RX ring', 20_000);
+    assert.deepEqual(await guest.poweroff(), { code: 0, signal: null });
+    await tp.stop();
+    await cli.interrupt();
+    const tx = chainsOf(cli, 1).filter((c) => c.device?.kind === 'net');
+    const rx = chainsOf(cli, 0).filter((c) => c.device?.kind === 'net' && c.state === 'used');
+    note(t, 'tx summaries', [...new Set(tx.map((c) => c.device.summary))].slice(0, 6));
+    note(t, 'rx summaries', [...new Set(rx.map((c) => c.device.summary))].slice(0, 6));
+    assert.ok(tx.some((c) => /ARP who-has 10\.0\.0\.1 tell 10\.0\.0\.2/.test(c.device.summary)), 'ARP request decoded on TX');
+    assert.ok(tx.some((c) => /10\.0\.0\.2 > 10\.0\.0\.3 ICMP echo request/.test(c.device.summary)), 'ICMP echo request decoded on TX');
+    assert.ok(rx.some((c) => /ARP who-has 10\.0\.0\.1 tell 10\.0\.0\.2/.test(c.device.summary)), 'echoed ARP decoded on RX');
+    assert.ok(rx.some((c) => /10\.0\.0\.2 > 10\.0\.0\.3 ICMP echo request/.test(c.device.summary)), 'echoed ICMP decoded on RX');
+    for (const c of [...tx, ...rx]) assert.ok(c.device.dir === (tx.includes(c) ? 'tx' : 'rx'));
+  }));
+});
+
+for (const packed of [false, true]) {
+  test(`virtio-user <-> proxy <-> testpmd, ${packed ? 'packed' : 'split'} ring: chains decoded while traffic flows`, GUARD, async (t) => {
+    requireTestpmd();
+    const peers = usePeers(t);
+    const dir = peers.tmpDir('rings-pmd');
+    const vhostSock = join(dir, 'vhost.sock'), proxySock = join(dir, 'proxy.sock');
+    const vhost = peers.testpmd({ name: 'testpmd-vhost', vdev: { kind: 'vhost', iface: vhostSock }, mainLcore: 1 });
+    await vhost.start();
+    const cli = runCli(t, ['proxy', '--frontend', proxySock, '--backend', vhostSock, '--json', '--rings', '--poll-hz', '50', '--device', 'net']);
+    await withPeerLogs(peers, () => check(cli, async () => {
+      await cli.waitFor((c) => c.of('connection').find((l) => l.event === 'listening'), 'listening');
+      const vuser = peers.testpmd({ name: 'testpmd-virtio-user', mainLcore: 0, txFirst: true, vdev: { kind: 'virtio-user', path: proxySock, packedVq: packed } });
+      await vuser.start();
+      await vhost.waitForRx(1);
+      await cli.waitFor(() => chainsOf(cli).filter((c) => c.device?.kind === 'net').length > 200 && chainsOf(cli, 1).length > 0 && chainsOf(cli, 0).length > 0, 'chains on both rings', 60_000);
+      const back = await vhost.stop();
+      await vuser.stop();
+      await cli.interrupt();
+      assert.ok(back.final.find((s) => s.port === 0)!.rxPackets > 0);
+      const net = chainsOf(cli).filter((c) => c.device?.kind === 'net');
+      note(t, 'net chains decoded', net.length);
+      note(t, 'summaries', [...new Set(net.map((c) => c.device.summary))].slice(0, 4));
+      assert.ok(net.every((c) => typeof c.device.summary === 'string' && c.device.summary.length > 0));
+      assert.ok(net.some((c) => c.descriptors.length > 0 && c.descriptors.every((d: JsonLine) => /^0x[0-9a-f]+$/.test(d.addr))), 'descriptors with addresses');
+      const feats = cli.messages().filter((m) => m.name === 'SET_FEATURES').pop()!;
+      assert.equal(feats.payload.featureNames.includes('RING_PACKED'), packed);
+    }));
+  });
+}
+
+test('notifier interposition with a QEMU guest: kicks and calls counted per vring, guest I/O completes', GUARD, async (t) => {
+  requireBinary('qemu-system-x86_64');
+  requireBinary('qemu-storage-daemon');
+  const peers = usePeers(t);
+  const dir = peers.tmpDir('rings-notify');
+  const image = createRawImage(join(dir, 'disk.img'), 64);
+  const qsd = peers.qsd({ image, socket: join(dir, 'qsd.sock') });
+  await qsd.start();
+  const proxySock = join(dir, 'proxy.sock');
+  const cli = runCli(t, ['proxy', '--frontend', proxySock, '--backend', qsd.socket, '--json', '--notifiers', '--notify-interval', '50']);
+  await withPeerLogs(peers, () => check(cli, async () => {
+    await cli.waitFor((c) => c.of('connection').find((l) => l.event === 'listening'), 'listening');
+    const guest = peers.qemu({ name: 'qemu-notify', blk: [{ socket: proxySock }] });
+    await guest.start();
+    await guest.waitReady();
+    await guest.check('i=0; while ! [ -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b /dev/vda ]', { timeoutMs: 60_000 });
+    const marker = `VLNOTIFY${randomAlnum(12)}`;
+    await guest.check(`printf '%s' '${marker}' | dd of=/dev/vda bs=512 seek=500 count=1 conv=sync oflag=direct 2>/dev/null`, { timeoutMs: 60_000 });
+    await guest.check('dd if=/dev/vda of=/dev/null bs=4096 count=256 iflag=direct 2>/dev/null', { timeoutMs: 60_000 });
+    assert.deepEqual(await guest.poweroff(), { code: 0, signal: null });
+    assert.equal(readSectors(image, 500).subarray(0, marker.length).toString(), marker, 'guest I/O completed through interposed notifiers');
+    await cli.waitFor((c) => c.of('session').find((l) => l.event === 'end'), 'session end');
+    await cli.interrupt();
+    const n = cli.of('notify');
+    const last = (what: string) => n.filter((x) => x.vring === 0 && x.what === what).pop();
+    const kicks = last('kick'), calls = last('call');
+    note(t, 'kick', kicks);
+    note(t, 'call', calls);
+    assert.ok(kicks && kicks.count >= 257, `at least one kick per request (${kicks?.count})`);
+    assert.ok(calls && calls.count >= 1, 'calls counted');
+    assert.ok(kicks.signals <= kicks.count && kicks.coalesced === kicks.count - kicks.signals);
+    const subs = cli.messages().filter((m) => m.substituted?.some((s: string) => /eventfd/.test(s)));
+    assert.ok(subs.some((m) => m.name === 'SET_VRING_KICK') && subs.some((m) => m.name === 'SET_VRING_CALL'));
+  }));
+});
