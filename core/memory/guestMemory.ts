@@ -65,6 +65,9 @@ export interface GuestMemoryReader {
   readonly generation: number;
   readGpa(addr: bigint, len: number): Uint8Array;
   readUva(addr: bigint, len: number): Uint8Array;
+  /** Read len bytes (default: to the end of dst) into dst at dstOff, without allocating. */
+  readGpaInto(addr: bigint, dst: Uint8Array, dstOff?: number, len?: number): void;
+  readUvaInto(addr: bigint, dst: Uint8Array, dstOff?: number, len?: number): void;
   /** Non-throwing check that [addr, addr+len) is readable; returns the error it would raise. */
   checkGpa(addr: bigint, len: number): MemoryError | undefined;
   checkUva(addr: bigint, len: number): MemoryError | undefined;
@@ -97,7 +100,15 @@ export interface MappedRegion {
   readonly size: bigint;
   readonly mmapOffset: bigint;
   readonly fd?: number;
+  /** The bounds as Numbers when exact (below 2^53), else NaN: lets the hot check avoid BigInt arithmetic. */
+  readonly gpaN: number;
+  readonly gpaEndN: number;
+  readonly uvaN: number;
+  readonly uvaEndN: number;
 }
+
+const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const num = (b: bigint): number => (b <= SAFE ? Number(b) : NaN);
 
 export interface MemoryOptions {
   /** Per-call length cap (default 1 MiB). */
@@ -152,6 +163,7 @@ export abstract class MappedMemory implements GuestMemory {
       out.push(Object.freeze({
         index: i, gpa: s.guestPhysAddr, gpaEnd: s.guestPhysAddr + size, uva: s.userspaceAddr, uvaEnd: s.userspaceAddr + size,
         size, mmapOffset: s.mmapOffset, fd: s.fd,
+        gpaN: num(s.guestPhysAddr), gpaEndN: num(s.guestPhysAddr + size), uvaN: num(s.userspaceAddr), uvaEndN: num(s.userspaceAddr + size),
       }));
     });
     this.regions = out;
@@ -229,24 +241,69 @@ export abstract class MappedMemory implements GuestMemory {
   }
 
   private read(space: AddressSpace, addr: bigint, len: number): Uint8Array {
+    const out = new Uint8Array(len > 0 && len <= this.maxAccess && (len | 0) === len ? len : 0);
+    this.readInto(space, addr, out, 0, len);
+    return out;
+  }
+
+  private readInto(space: AddressSpace, addr: bigint, dst: Uint8Array, dstOff: number, len: number): void {
+    // Fast path: inside one region (no plan allocation).
+    if (!this.iommu && len > 0 && len <= this.maxAccess && (len | 0) === len && typeof addr === 'bigint' && addr >= 0n) {
+      this.refresh();
+      const r = this.find(space, addr);
+      if (r) {
+        const start = space === 'gpa' ? r.gpa : r.uva;
+        const end = space === 'gpa' ? r.gpaEnd : r.uvaEnd;
+        if (end - addr >= BigInt(len)) {
+          if (dstOff < 0 || dstOff + len > dst.byteLength) throw new MemoryError('bad-length', space, addr, len, 'destination too small');
+          this.readBacking(r, addr - start, dst, dstOff, len, space, addr);
+          return;
+        }
+      }
+    }
     const p = this.plan(space, addr, len);
     if (p.err) throw p.err;
-    const out = new Uint8Array(len);
-    let off = 0;
+    if (dstOff < 0 || dstOff + len > dst.byteLength) throw new MemoryError('bad-length', space, addr, len, 'destination too small');
+    let off = dstOff;
     for (const s of p.segs!) {
-      this.readBacking(s.r, s.offset, out, off, s.len, space, addr);
+      this.readBacking(s.r, s.offset, dst, off, s.len, space, addr);
       off += s.len;
     }
-    return out;
   }
 
   readGpa(addr: bigint, len: number): Uint8Array { return this.read('gpa', addr, len); }
   readUva(addr: bigint, len: number): Uint8Array { return this.read('uva', addr, len); }
+  readGpaInto(addr: bigint, dst: Uint8Array, dstOff = 0, len = dst.byteLength - dstOff): void { this.readInto('gpa', addr, dst, dstOff, len); }
+  readUvaInto(addr: bigint, dst: Uint8Array, dstOff = 0, len = dst.byteLength - dstOff): void { this.readInto('uva', addr, dst, dstOff, len); }
 
-  checkGpa(addr: bigint, len: number): MemoryError | undefined { return this.check('gpa', addr, len); }
+  checkGpa(addr: bigint, len: number): MemoryError | undefined {
+    // Hot path (every descriptor of every chain): Number arithmetic when exact, no BigInt allocation.
+    if (!this.iommu && len > 0 && len <= this.maxAccess) {
+      const a = Number(addr);
+      if (a <= Number.MAX_SAFE_INTEGER) {
+        this.refresh();
+        const rs = this.regions;
+        const fdNeeded = this.needsFd();
+        for (let k = 0, n = rs.length, i = this.lastGpa; k < n; k++, i = i + 1 === n ? 0 : i + 1) {
+          const r = rs[i];
+          if (a >= r.gpaN && a < r.gpaEndN) {
+            if (a + len <= r.gpaEndN && (r.fd !== undefined || !fdNeeded)) { this.lastGpa = i; return undefined; }
+            break;
+          }
+        }
+      }
+    }
+    return this.check('gpa', addr, len);
+  }
   checkUva(addr: bigint, len: number): MemoryError | undefined { return this.check('uva', addr, len); }
 
   private check(space: AddressSpace, addr: bigint, len: number): MemoryError | undefined {
+    // Fast path (no allocation): the access lies inside one region.
+    if (!this.iommu && len > 0 && len <= this.maxAccess && (len | 0) === len && typeof addr === 'bigint' && addr >= 0n) {
+      this.refresh();
+      const r = this.find(space, addr);
+      if (r && (space === 'gpa' ? r.gpaEnd : r.uvaEnd) - addr >= BigInt(len) && (r.fd !== undefined || !this.needsFd())) return undefined;
+    }
     const p = this.plan(space, addr, len);
     if (p.err) return p.err;
     for (const s of p.segs!) if (s.r.fd === undefined && this.needsFd()) return new MemoryError('no-fd', space, addr, len, `region ${s.r.index}`);

@@ -45,7 +45,8 @@ export interface BlkDecodeOptions {
 /** Decode a virtio-blk request chain. Throws MemoryError only. */
 export function decodeBlkChain(mem: GuestMemoryReader, chain: Chain, opts: BlkDecodeOptions = {}): BlkPayload {
   const previewLen = opts.preview ?? 0;
-  const head = gather(mem, chain, false, BLK_OUTHDR_SIZE + Math.max(previewLen, 64));
+  // The header alone first (one read for the common case); more only for segments or a preview.
+  let head = gather(mem, chain, false, BLK_OUTHDR_SIZE);
   if (head.bytes.byteLength < BLK_OUTHDR_SIZE) {
     return {
       kind: 'blk', type: '?', typeCode: -1, ioprio: 0, sector: 0n, len: 0,
@@ -60,8 +61,12 @@ export function decodeBlkChain(mem: GuestMemoryReader, chain: Chain, opts: BlkDe
   const sector = dv.getBigUint64(8, true);
   const len = Math.max(0, chain.readable - BLK_OUTHDR_SIZE) + Math.max(0, chain.writable - 1);
   const p: BlkPayload = { kind: 'blk', type, typeCode, ioprio, sector, len, summary: '' };
+  const segmented = typeCode === 11 || typeCode === 13 || typeCode === 14;
+  if ((segmented || previewLen > 0) && chain.readable > BLK_OUTHDR_SIZE) {
+    head = gather(mem, chain, false, BLK_OUTHDR_SIZE + Math.max(previewLen + 1, segmented ? 64 : 0));
+  }
   const readData = head.bytes.subarray(BLK_OUTHDR_SIZE);
-  if (typeCode === 11 || typeCode === 13 || typeCode === 14) {
+  if (segmented) {
     p.segments = [];
     for (let o = 0; o + 16 <= readData.byteLength && p.segments.length < 4; o += 16) {
       const s = new DataView(readData.buffer, readData.byteOffset + o, 16);

@@ -11,19 +11,21 @@ export interface Gathered {
 /**
  * Concatenate the buffers of one direction in chain order, reading at most `max` bytes and counting at most
  * `limit` (e.g. the used length for device-written data). Throws MemoryError if a buffer cannot be read.
+ * With `into`, the bytes live in that buffer and are valid until the caller reuses it.
  */
-export function gather(mem: GuestMemoryReader, chain: Chain, write: boolean, max: number, limit = Infinity): Gathered {
+export function gather(mem: GuestMemoryReader, chain: Chain, write: boolean, max: number, limit = Infinity, into?: Uint8Array): Gathered {
   let total = 0;
   for (const d of chain.descs) if (d.write === write) total += d.len;
   total = Math.min(total, limit);
   const want = Math.min(total, max);
-  const out = new Uint8Array(want);
+  // `into` (a caller's scratch buffer, if big enough) saves an allocation; the result is then a view of it.
+  const out = into && into.byteLength >= want ? into.subarray(0, want) : new Uint8Array(want);
   let off = 0;
   for (const d of chain.descs) {
     if (off >= want) break;
     if (d.write !== write || d.len === 0) continue;
     const n = Math.min(d.len, want - off);
-    out.set(mem.readGpa(d.addr, n), off);
+    mem.readGpaInto(d.addr, out, off, n);
     off += n;
   }
   return { bytes: out, total };

@@ -49,22 +49,25 @@ export function netHeaderSize(features?: bigint): number {
   return bit(features, NET_F.VERSION_1) || bit(features, NET_F.MRG_RXBUF) ? 12 : 10;
 }
 
+const le16 = (b: Uint8Array, o: number): number => b[o] | (b[o + 1] << 8);
+
 export function decodeNetHeader(b: Uint8Array, size: number): NetHeader | undefined {
   if (b.byteLength < size) return undefined;
-  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const gsoType = b[1];
   const h: NetHeader = {
     size, flags: b[0], gsoType, gso: (GSO_TYPES[gsoType & 0x7f] ?? `0x${(gsoType & 0x7f).toString(16)}`) + (gsoType & GSO_ECN ? '+ECN' : ''),
-    hdrLen: dv.getUint16(2, true), gsoSize: dv.getUint16(4, true), csumStart: dv.getUint16(6, true), csumOffset: dv.getUint16(8, true),
+    hdrLen: le16(b, 2), gsoSize: le16(b, 4), csumStart: le16(b, 6), csumOffset: le16(b, 8),
   };
-  if (size >= 12) h.numBuffers = dv.getUint16(10, true);
-  if (size >= 20) { h.hashValue = dv.getUint32(12, true); h.hashReport = dv.getUint16(16, true); }
+  if (size >= 12) h.numBuffers = le16(b, 10);
+  if (size >= 20) { h.hashValue = (le16(b, 12) | (le16(b, 14) << 16)) >>> 0; h.hashReport = le16(b, 16); }
   return h;
 }
 
 // ---- frame summary -------------------------------------------------------------------------------------------
 
-export const mac = (b: Uint8Array, o: number): string => Array.from(b.subarray(o, o + 6), (x) => x.toString(16).padStart(2, '0')).join(':');
+const HEX2 = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+export const mac = (b: Uint8Array, o: number): string =>
+  `${HEX2[b[o]]}:${HEX2[b[o + 1]]}:${HEX2[b[o + 2]]}:${HEX2[b[o + 3]]}:${HEX2[b[o + 4]]}:${HEX2[b[o + 5]]}`;
 export const ipv4 = (b: Uint8Array, o: number): string => `${b[o]}.${b[o + 1]}.${b[o + 2]}.${b[o + 3]}`;
 
 /** RFC 5952 text form: lowercase, no leading zeros, the longest run (>= 2) of zero groups as '::'. */
@@ -97,6 +100,10 @@ const ICMP6_TYPES: Record<number, string> = {
   135: 'neighbor solicitation', 136: 'neighbor advertisement', 137: 'redirect', 143: 'multicast listener report v2',
 };
 
+// Set by the parsers when the frame was cut short or malformed (cheaper than searching the summary afterwards).
+let partial = false;
+const bad = (msg: string): string => { partial = true; return msg; };
+
 const be16 = (b: Uint8Array, o: number): number => (b[o] << 8) | b[o + 1];
 const be32 = (b: Uint8Array, o: number): number => ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
 
@@ -117,12 +124,12 @@ function tcpFlags(f: number): string {
 function l4(b: Uint8Array, o: number, proto: number, src: string, dst: string, l4Len: number, v6: boolean, ipLen: number, ipPrefix: string): string {
   const addr = (a: string, p: number): string => (v6 ? `[${a}]:${p}` : `${a}:${p}`);
   if (proto === 17) {
-    if (b.length < o + 8) return `${ipPrefix} UDP truncated`;
+    if (b.length < o + 8) return bad(`${ipPrefix} UDP truncated`);
     const ulen = be16(b, o + 4);
     return `UDP ${addr(src, be16(b, o))} > ${addr(dst, be16(b, o + 2))} len=${Math.max(0, (ulen || l4Len) - 8)}`;
   }
   if (proto === 6) {
-    if (b.length < o + 20) return `${ipPrefix} TCP truncated`;
+    if (b.length < o + 20) return bad(`${ipPrefix} TCP truncated`);
     const off = (b[o + 12] >> 4) * 4;
     const flags = b[o + 13];
     let s = `TCP ${addr(src, be16(b, o))} > ${addr(dst, be16(b, o + 2))} [${tcpFlags(flags)}] seq=${be32(b, o + 4)}`;
@@ -131,7 +138,7 @@ function l4(b: Uint8Array, o: number, proto: number, src: string, dst: string, l
   }
   if (proto === 1 || proto === 58) {
     const name = proto === 1 ? 'ICMP' : 'ICMPv6';
-    if (b.length < o + 4) return `${ipPrefix} ${name} truncated`;
+    if (b.length < o + 4) return bad(`${ipPrefix} ${name} truncated`);
     const type = b[o], code = b[o + 1];
     const tname = (proto === 1 ? ICMP_TYPES : ICMP6_TYPES)[type];
     let s = `${ipPrefix} ${name} ${tname ?? `type ${type}`}`;
@@ -145,9 +152,9 @@ function l4(b: Uint8Array, o: number, proto: number, src: string, dst: string, l
 }
 
 function ipv4Summary(b: Uint8Array, o: number): string {
-  if (b.length < o + 20) return 'IPv4 truncated';
+  if (b.length < o + 20) return bad('IPv4 truncated');
   const ihl = (b[o] & 0x0f) * 4;
-  if (b[o] >> 4 !== 4 || ihl < 20) return `IPv4 bad header (version/ihl 0x${b[o].toString(16)})`;
+  if (b[o] >> 4 !== 4 || ihl < 20) return bad(`IPv4 bad header (version/ihl 0x${b[o].toString(16)})`);
   const total = be16(b, o + 2);
   const proto = b[o + 9];
   const src = ipv4(b, o + 12), dst = ipv4(b, o + 16);
@@ -158,7 +165,7 @@ function ipv4Summary(b: Uint8Array, o: number): string {
 }
 
 function ipv6Summary(b: Uint8Array, o: number): string {
-  if (b.length < o + 40) return 'IPv6 truncated';
+  if (b.length < o + 40) return bad('IPv6 truncated');
   const plen = be16(b, o + 4);
   let next = b[o + 6];
   const src = ipv6(b, o + 8), dst = ipv6(b, o + 24);
@@ -167,7 +174,7 @@ function ipv6Summary(b: Uint8Array, o: number): string {
   let left = plen;
   // Extension headers: hop-by-hop, routing, destination options (at most 8, bounded), fragment.
   for (let k = 0; k < 8 && (next === 0 || next === 43 || next === 60 || next === 44); k++) {
-    if (b.length < p + 8) return `${prefix} truncated extension header`;
+    if (b.length < p + 8) return bad(`${prefix} truncated extension header`);
     if (next === 44) {
       if ((be16(b, p + 2) & 0xfff8) !== 0) return `${prefix} fragment len=${plen + 40}`;
       next = b[p]; p += 8; left -= 8;
@@ -180,7 +187,7 @@ function ipv6Summary(b: Uint8Array, o: number): string {
 }
 
 function arpSummary(b: Uint8Array, o: number): string {
-  if (b.length < o + 28) return 'ARP truncated';
+  if (b.length < o + 28) return bad('ARP truncated');
   const op = be16(b, o + 6);
   if (be16(b, o) !== 1 || be16(b, o + 2) !== 0x0800 || b[o + 4] !== 6 || b[o + 5] !== 4) return `ARP op ${op} (non-Ethernet/IPv4)`;
   const sha = mac(b, o + 8), spa = ipv4(b, o + 14), tpa = ipv4(b, o + 24);
@@ -191,14 +198,15 @@ function arpSummary(b: Uint8Array, o: number): string {
 }
 
 /** One summary line for an Ethernet frame (b may be a prefix of the frame; frameLen is its full length). */
-export function summarizeFrame(b: Uint8Array, frameLen = b.length): { summary: string; eth?: EthInfo } {
-  if (b.length < 14) return { summary: `frame truncated (${frameLen} bytes)` };
+export function summarizeFrame(b: Uint8Array, frameLen = b.length): { summary: string; eth?: EthInfo; understood: boolean } {
+  if (b.length < 14) return { summary: `frame truncated (${frameLen} bytes)`, understood: false };
+  partial = false;
   const eth: EthInfo = { dst: mac(b, 0), src: mac(b, 6), type: be16(b, 12) };
   let o = 14;
   let prefix = '';
   // 802.1Q / 802.1ad tags (at most 2 nested).
   for (let k = 0; k < 2 && (eth.type === 0x8100 || eth.type === 0x88a8); k++) {
-    if (b.length < o + 4) return { summary: `vlan truncated`, eth };
+    if (b.length < o + 4) return { summary: `vlan truncated`, eth, understood: false };
     const tci = be16(b, o);
     (eth.vlan ??= []).push({ id: tci & 0x0fff, pcp: tci >> 13, tpid: eth.type });
     prefix += `vlan ${tci & 0x0fff} `;
@@ -211,11 +219,12 @@ export function summarizeFrame(b: Uint8Array, frameLen = b.length): { summary: s
     case 0x0800: s = ipv4Summary(b, o); break;
     case 0x86dd: s = ipv6Summary(b, o); break;
     default:
+      if (eth.type >= 0x0600 && !ETHERTYPES[eth.type]) partial = true;
       s = eth.type < 0x0600
         ? `802.3 ${eth.src} > ${eth.dst} len=${frameLen}`
         : `ether ${eth.src} > ${eth.dst} ${ETHERTYPES[eth.type] ?? `type 0x${eth.type.toString(16).padStart(4, '0')}`} len=${frameLen}`;
   }
-  return { summary: prefix + s, eth };
+  return { summary: prefix + s, eth, understood: !partial };
 }
 
 // ---- control queue ---------------------------------------------------------------------------------------------
@@ -233,6 +242,9 @@ const CTRL_CLASSES: Record<number, [string, Record<number, string>]> = {
 
 // ---- chain decoder ---------------------------------------------------------------------------------------------
 
+/** Frame bytes read for a summary land here (nothing keeps them: the payload holds strings and numbers). */
+const SCRATCH = new Uint8Array(1024);
+
 export interface NetDecodeOptions {
   features?: bigint;
   /** Index of the control queue when known (2 * max_queue_pairs with CTRL_VQ). */
@@ -248,7 +260,7 @@ export interface NetDecodeOptions {
  * device-writable buffers, meaningful only once used (up to the used length). Throws MemoryError only.
  */
 export function decodeNetChain(mem: GuestMemoryReader, chain: Chain, vring: number, opts: NetDecodeOptions = {}): NetPayload {
-  const maxRead = opts.maxRead ?? 256;
+  const maxRead = Math.min(opts.maxRead ?? 256, SCRATCH.byteLength);
   const hsz = netHeaderSize(opts.features);
   if (opts.ctrlQueue !== undefined && vring === opts.ctrlQueue) {
     const g = gather(mem, chain, false, 64);
@@ -270,17 +282,17 @@ export function decodeNetChain(mem: GuestMemoryReader, chain: Chain, vring: numb
   if (!tx && chain.state !== 'used') {
     return { kind: 'net', dir: 'rx', frameLen: 0, summary: `RX buffer ${chain.writable} bytes (not filled yet)` };
   }
-  const g = tx ? gather(mem, chain, false, maxRead) : gather(mem, chain, true, maxRead, chain.usedLen ?? 0);
+  const g = tx ? gather(mem, chain, false, maxRead, Infinity, SCRATCH) : gather(mem, chain, true, maxRead, chain.usedLen ?? 0, SCRATCH);
   const dir = tx ? 'tx' : 'rx';
   const hdr = decodeNetHeader(g.bytes, hsz);
   if (!hdr) return { kind: 'net', dir, frameLen: 0, summary: `${dir.toUpperCase()} ${g.total} bytes: shorter than the ${hsz}-byte virtio-net header`, hex: hexPreview(g.bytes, 32) };
   const frameLen = g.total - hsz;
   const frame = g.bytes.subarray(hsz);
-  const { summary, eth } = summarizeFrame(frame, frameLen);
+  const { summary, eth, understood } = summarizeFrame(frame, frameLen);
   let s = summary;
   if ((hdr.gsoType & 0x7f) !== 0) s += ` [gso ${hdr.gso} mss ${hdr.gsoSize}]`;
   if (!tx && hdr.numBuffers !== undefined && hdr.numBuffers > 1) s += ` (1 of ${hdr.numBuffers} buffers)`;
   const out: NetPayload = { kind: 'net', dir, summary: s, hdr, frameLen, eth };
-  if (!eth || /truncated|bad header|type 0x/.test(summary)) out.hex = hexPreview(frame, opts.hexBytes ?? 32);
+  if (!understood) out.hex = hexPreview(frame, opts.hexBytes ?? 32);
   return out;
 }

@@ -2,8 +2,13 @@
 import type { GuestMemoryReader } from '../memory/guestMemory';
 import {
   DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED, RingError, WalkContext, addBuffer,
-  checkRingConfig, readIndirect, view, type Chain, type DecodeOptions, type RingConfig,
+  checkRingConfig, readIndirect, DescTable, type Chain, type DecodeOptions, type RingConfig,
 } from './ring';
+
+// Module-level aliases: hot loops read these directly (transpiled imports would go through getters each time).
+const F_NEXT = DESC_F_NEXT, F_WRITE = DESC_F_WRITE, F_INDIRECT = DESC_F_INDIRECT;
+const F_AVAIL = PACKED_DESC_F_AVAIL, F_USED = PACKED_DESC_F_USED;
+const addBuf = addBuffer, readInd = readIndirect;
 
 export interface PackedDesc { slot: number; addr: bigint; len: number; id: number; flags: number; avail: boolean; used: boolean }
 
@@ -66,28 +71,23 @@ export function decodeEventSuppression(b: Uint8Array): EventSuppression {
   return { offWrap, off: offWrap & 0x7fff, wrap: (offWrap & 0x8000) !== 0, flags, mode: EVENT_MODES[flags & 3] };
 }
 
-export const packedFlags = (table: DataView, slot: number): number => table.getUint16(slot * DESC_SIZE + 14, true);
+export const packedFlags = (table: DescTable, slot: number): number => table.at14(slot);
 /** Available for a driver whose wrap counter is `wrap`: AVAIL == wrap and USED != wrap. */
-export const isAvail = (flags: number, wrap: boolean): boolean =>
-  ((flags & PACKED_DESC_F_AVAIL) !== 0) === wrap && ((flags & PACKED_DESC_F_USED) !== 0) !== wrap;
+export const isAvail = (flags: number, wrap: boolean): boolean => ((flags & F_AVAIL) !== 0) === wrap && ((flags & F_USED) !== 0) !== wrap;
 /** Used element written in the lap of wrap counter `wrap`: AVAIL == USED == wrap. */
-export const isUsed = (flags: number, wrap: boolean): boolean =>
-  ((flags & PACKED_DESC_F_AVAIL) !== 0) === wrap && ((flags & PACKED_DESC_F_USED) !== 0) === wrap;
-const aBit = (flags: number): boolean => (flags & PACKED_DESC_F_AVAIL) !== 0;
-const usedLooking = (flags: number): boolean => aBit(flags) === ((flags & PACKED_DESC_F_USED) !== 0);
+export const isUsed = (flags: number, wrap: boolean): boolean => ((flags & F_AVAIL) !== 0) === wrap && ((flags & F_USED) !== 0) === wrap;
+const aBit = (flags: number): boolean => (flags & F_AVAIL) !== 0;
+const usedLooking = (flags: number): boolean => aBit(flags) === ((flags & F_USED) !== 0);
 
 /** An all-zero slot: never written (a fresh ring), not a used element of lap 0. */
-const neverWritten = (t: DataView, slot: number): boolean => {
-  const o = slot * DESC_SIZE;
-  return t.getBigUint64(o, true) === 0n && t.getBigUint64(o + 8, true) === 0n;
-};
+const neverWritten = (t: DescTable, slot: number): boolean => t.zero(slot);
 
-export interface PackedRaw { table: DataView; driverEvent: EventSuppression; deviceEvent: EventSuppression }
+export interface PackedRaw { table: DescTable; driverEvent: EventSuppression; deviceEvent: EventSuppression }
 
 export function readPacked(ctx: WalkContext): PackedRaw {
   const cfg = ctx.cfg;
   checkRingConfig(cfg);
-  const table = view(ctx.readRing(cfg.desc, cfg.num * DESC_SIZE, 'descriptor ring'));
+  const table = new DescTable(ctx.readRing(cfg.desc, cfg.num * DESC_SIZE, 'descriptor ring'));
   const driverEvent = decodeEventSuppression(ctx.readRing(cfg.avail, 4, 'driver event suppression area'));
   const deviceEvent = decodeEventSuppression(ctx.readRing(cfg.used, 4, 'device event suppression area'));
   return { table, driverEvent, deviceEvent };
@@ -98,7 +98,7 @@ export function readPacked(ctx: WalkContext): PackedRaw {
  * (wrapping), the buffer id comes from the last descriptor, an INDIRECT descriptor carries the whole buffer in a
  * table of packed descriptors read in sequence (only WRITE counts there). At most `limit` slots (<= ring size).
  */
-export function walkPackedChain(ctx: WalkContext, table: DataView, slot: number, limit: number): Chain {
+export function walkPackedChain(ctx: WalkContext, table: DescTable, slot: number, limit: number): Chain {
   const vring = ctx.cfg.index;
   const n = ctx.cfg.num;
   const chain: Chain = { head: -1, slot, slots: 0, descs: [], readable: 0, writable: 0, state: 'inflight' };
@@ -107,39 +107,34 @@ export function walkPackedChain(ctx: WalkContext, table: DataView, slot: number,
   let id = -1;
   // Bounded by n slots plus one indirect table.
   for (;;) {
-    const where = { desc: s };
-    if (count >= n) { chain.error = new RingError('chain-too-long', vring, `NEXT set on ${n} descriptors in a row`, where); break; }
-    if (count >= limit) { chain.error = new RingError('chain-incomplete', vring, `chain from slot ${slot} runs past the driver's position`, where); break; }
-    if (ctx.budget <= 0) { chain.error = new RingError('budget-exhausted', vring, undefined, where); break; }
+    if (count >= n) { chain.error = new RingError('chain-too-long', vring, `NEXT set on ${n} descriptors in a row`, { desc: s }); break; }
+    if (count >= limit) { chain.error = new RingError('chain-incomplete', vring, `chain from slot ${slot} runs past the driver's position`, { desc: s }); break; }
+    if (ctx.budget <= 0) { chain.error = new RingError('budget-exhausted', vring, undefined, { desc: s }); break; }
     ctx.budget--;
-    const o = s * DESC_SIZE;
-    const addr = table.getBigUint64(o, true);
-    const len = table.getUint32(o + 8, true);
-    id = table.getUint16(o + 12, true);
-    const flags = table.getUint16(o + 14, true);
+    const addr = table.addr(s);
+    const len = table.len(s);
+    id = table.at12(s);
+    const flags = table.at14(s);
     count++;
-    if (flags & DESC_F_INDIRECT) {
-      const t = readIndirect(ctx, chain, s, addr, len, flags, false);
-      if (t instanceof RingError) { chain.error = t; break; }
-      const tv = view(t);
-      const entries = t.byteLength / DESC_SIZE;
+    if (flags & F_INDIRECT) {
+      const entries = readInd(ctx, chain, s, addr, len, flags, false);
+      if (typeof entries !== 'number') { chain.error = entries; break; }
+      const tv = ctx.scratchTable();
       for (let e = 0; e < entries; e++) {
-        const w = { desc: e, indirect: true };
-        if (ctx.budget <= 0) { chain.error = new RingError('budget-exhausted', vring, undefined, w); break; }
+        if (ctx.budget <= 0) { chain.error = new RingError('budget-exhausted', vring, undefined, { desc: e, indirect: true }); break; }
         ctx.budget--;
-        const eo = e * DESC_SIZE;
-        const ef = tv.getUint16(eo + 14, true);
-        if (ef & DESC_F_INDIRECT) { chain.error = new RingError('nested-indirect', vring, undefined, w); break; }
-        const err = addBuffer(ctx, chain, {
-          index: e, addr: tv.getBigUint64(eo, true), len: tv.getUint32(eo + 8, true), flags: ef, write: (ef & DESC_F_WRITE) !== 0, fromIndirect: true,
-        }, w);
+        const ef = tv.at14(e);
+        if (ef & F_INDIRECT) { chain.error = new RingError('nested-indirect', vring, undefined, { desc: e, indirect: true }); break; }
+        const err = addBuf(ctx, chain, {
+          index: e, addr: tv.addr(e), len: tv.len(e), flags: ef, write: (ef & F_WRITE) !== 0, fromIndirect: true,
+        }, e, true);
         if (err) { chain.error = err; break; }
       }
       break;
     }
-    const err = addBuffer(ctx, chain, { index: s, addr, len, flags, write: (flags & DESC_F_WRITE) !== 0 }, where);
+    const err = addBuf(ctx, chain, { index: s, addr, len, flags, write: (flags & F_WRITE) !== 0 }, s, false);
     if (err) { chain.error = err; break; }
-    if (!(flags & DESC_F_NEXT)) break;
+    if (!(flags & F_NEXT)) break;
     s = s + 1 === n ? 0 : s + 1;
   }
   chain.head = id < 0 ? 0 : id;
@@ -153,7 +148,7 @@ export function walkPackedChain(ctx: WalkContext, table: DataView, slot: number,
  * The device writes used elements (AVAIL == USED) in the same order behind it: the slot after the newest
  * used-looking one (in age order) is where the next used element goes. More than one change: 'bad-wrap'.
  */
-export function inferPacked(table: DataView, n: number): { driverNext: number; driverWrap: boolean; usedNext: number; usedWrap: boolean; windowStart: number; changes: number } {
+export function inferPacked(table: DescTable, n: number): { driverNext: number; driverWrap: boolean; usedNext: number; usedWrap: boolean; windowStart: number; changes: number } {
   let first = -1;
   let changes = 0;
   let prev = aBit(packedFlags(table, 0));
@@ -199,7 +194,7 @@ export function buildPackedSnapshot(ctx: WalkContext, raw: PackedRaw, opts: Pack
   };
   // The newest used element, right before the window: a chain after it with its id may be its stale tail.
   const lastUsedSlot = (inf.windowStart - 1) % n;
-  const lastUsedId = inf.windowStart > D && !neverWritten(t, lastUsedSlot) ? t.getUint16(lastUsedSlot * DESC_SIZE + 12, true) : -1;
+  const lastUsedId = inf.windowStart > D && !neverWritten(t, lastUsedSlot) ? t.at12(lastUsedSlot) : -1;
   // Without multi-slot chains there are no stale tails; with them, the window may start on one.
   for (let s = 0; s < n && snap.inflightExact; s++) if (packedFlags(t, s) & DESC_F_NEXT) snap.inflightExact = false;
   // The device's next avail position as a virtual position, if the hint fits the window.
@@ -231,9 +226,8 @@ export function buildPackedSnapshot(ctx: WalkContext, raw: PackedRaw, opts: Pack
     const slot = v % n;
     const f = packedFlags(t, slot);
     if (!usedLooking(f)) continue;
-    const o = slot * DESC_SIZE;
     if (neverWritten(t, slot)) continue; // fresh, zeroed ring: not a used element
-    const el: PackedUsedElem = { slot, id: t.getUint16(o + 12, true), len: t.getUint32(o + 8, true), wrap: aBit(f) };
+    const el: PackedUsedElem = { slot, id: t.at12(slot), len: t.len(slot), wrap: aBit(f) };
     const known = opts.known?.get(el.id);
     if (known) el.chain = { ...known, state: 'used', usedLen: el.len };
     snap.used.push(el);
@@ -242,9 +236,8 @@ export function buildPackedSnapshot(ctx: WalkContext, raw: PackedRaw, opts: Pack
   if (opts.table) {
     snap.table = [];
     for (let s = 0; s < n; s++) {
-      const o = s * DESC_SIZE;
-      const flags = t.getUint16(o + 14, true);
-      snap.table.push({ slot: s, addr: t.getBigUint64(o, true), len: t.getUint32(o + 8, true), id: t.getUint16(o + 12, true), flags, avail: aBit(flags), used: (flags & PACKED_DESC_F_USED) !== 0 });
+      const flags = t.at14(s);
+      snap.table.push({ slot: s, addr: t.addr(s), len: t.len(s), id: t.at12(s), flags, avail: aBit(flags), used: (flags & F_USED) !== 0 });
     }
   }
   return snap;

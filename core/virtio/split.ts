@@ -1,9 +1,13 @@
 // Split virtqueue decoder: snapshot of descriptor table, avail and used rings, chains walked defensively (virtio 1.2 2.7).
 import type { GuestMemoryReader } from '../memory/guestMemory';
 import {
-  DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, RingError, WalkContext, addBuffer, checkRingConfig, readIndirect, u16, view,
+  DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, DescTable, RingError, WalkContext, addBuffer, checkRingConfig, readIndirect, u16, view,
   type Chain, type DecodeOptions, type RingConfig,
 } from './ring';
+
+// Module-level aliases: hot loops read these directly (transpiled imports would go through getters each time).
+const F_NEXT = DESC_F_NEXT, F_WRITE = DESC_F_WRITE, F_INDIRECT = DESC_F_INDIRECT;
+const addBuf = addBuffer, readInd = readIndirect, U16 = u16;
 
 export interface SplitDesc { index: number; addr: bigint; len: number; flags: number; next: number }
 
@@ -41,13 +45,24 @@ export interface SplitOptions extends DecodeOptions {
 
 /** Raw ring areas read in three preads (descriptor table, avail ring, used ring). */
 export interface SplitRaw {
-  table: DataView;
+  table: DescTable;
   availFlags: number;
   availIdx: number;
   availRing: DataView; // u16[num] (+ used_event)
   usedFlags: number;
   usedIdx: number;
   usedRing: DataView; // {u32 id, u32 len}[num] (+ avail_event)
+}
+
+/** Give base an enumerable `ring` property computed once, on first read (most consumers only look at chains). */
+function withLazyRing<T extends { ring: unknown }>(base: Omit<T, 'ring'>, make: () => T['ring']): T {
+  let v: T['ring'] | undefined;
+  Object.defineProperty(base, 'ring', {
+    enumerable: true, configurable: true,
+    get: () => (v ??= make()),
+    set: (x: T['ring']) => { v = x; },
+  });
+  return base as T;
 }
 
 export const splitAvailSize = (num: number, eventIdx = true): number => 4 + 2 * num + (eventIdx ? 2 : 0);
@@ -58,7 +73,7 @@ export function readSplit(ctx: WalkContext): SplitRaw {
   const cfg = ctx.cfg;
   checkRingConfig(cfg);
   const n = cfg.num;
-  const table = view(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor table'));
+  const table = new DescTable(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor table'));
   const avail = view(ctx.readRing(cfg.avail, splitAvailSize(n, cfg.eventIdx), 'avail ring'));
   const used = view(ctx.readRing(cfg.used, splitUsedSize(n, cfg.eventIdx), 'used ring'));
   return {
@@ -84,7 +99,7 @@ export function readSplitIndices(ctx: WalkContext): { availIdx: number; usedIdx:
  * at most one indirect table (no nesting, no NEXT with INDIRECT), chain total bounded to u32.
  * Never throws for hostile contents: the first error lands in chain.error.
  */
-export function walkSplitChain(ctx: WalkContext, table: DataView, head: number): Chain {
+export function walkSplitChain(ctx: WalkContext, table: DescTable, head: number): Chain {
   const vring = ctx.cfg.index;
   const num = ctx.cfg.num;
   const chain: Chain = { head, descs: [], readable: 0, writable: 0, state: 'inflight' };
@@ -99,33 +114,32 @@ export function walkSplitChain(ctx: WalkContext, table: DataView, head: number):
   let i = head;
   // Bounded: each iteration visits a distinct (table, index) pair, at most num + one indirect table.
   for (;;) {
-    const where = { head, desc: i, indirect: inIndirect };
-    if (ctx.budget <= 0) { chain.error = new RingError('budget-exhausted', vring, undefined, where); break; }
+    if (ctx.budget <= 0) { chain.error = new RingError('budget-exhausted', vring, undefined, { head, desc: i, indirect: inIndirect }); break; }
     ctx.budget--;
     if (!ctx.visit(i, inIndirect, stamp)) {
-      chain.error = new RingError('loop', vring, `descriptor ${i} reached twice`, where);
+      chain.error = new RingError('loop', vring, `descriptor ${i} reached twice`, { head, desc: i, indirect: inIndirect });
       break;
     }
-    const o = i * DESC_SIZE;
-    const addr = tv.getBigUint64(o, true);
-    const len = tv.getUint32(o + 8, true);
-    const flags = tv.getUint16(o + 12, true);
-    const next = tv.getUint16(o + 14, true);
-    if (flags & DESC_F_INDIRECT) {
-      const t = readIndirect(ctx, chain, i, addr, len, flags, inIndirect);
-      if (t instanceof RingError) { chain.error = t; break; }
-      tv = view(t);
-      size = t.byteLength / DESC_SIZE;
+    const addr = tv.addr(i);
+    const len = tv.len(i);
+    const flags = tv.at12(i);
+    const next = tv.at14(i);
+    if (flags & F_INDIRECT) {
+      const t = readInd(ctx, chain, i, addr, len, flags, inIndirect);
+      if (typeof t !== 'number') { chain.error = t; break; }
+      tv = ctx.scratchTable();
+      size = t;
       ctx.sizeIndirect(size);
       inIndirect = true;
       i = 0;
       continue;
     }
-    const err = addBuffer(ctx, chain, { index: i, addr, len, flags, write: (flags & DESC_F_WRITE) !== 0, ...(inIndirect ? { fromIndirect: true } : {}) }, where);
+    const write = (flags & F_WRITE) !== 0;
+    const err = addBuf(ctx, chain, inIndirect ? { index: i, addr, len, flags, write, fromIndirect: true } : { index: i, addr, len, flags, write }, i, inIndirect);
     if (err) { chain.error = err; break; }
-    if (!(flags & DESC_F_NEXT)) break;
+    if (!(flags & F_NEXT)) break;
     if (next >= size) {
-      chain.error = new RingError('desc-index-out-of-range', vring, `next ${next} >= ${inIndirect ? 'indirect table' : 'ring'} size ${size}`, where);
+      chain.error = new RingError('desc-index-out-of-range', vring, `next ${next} >= ${inIndirect ? 'indirect table' : 'ring'} size ${size}`, { head, desc: i, indirect: inIndirect });
       break;
     }
     i = next;
@@ -134,12 +148,9 @@ export function walkSplitChain(ctx: WalkContext, table: DataView, head: number):
 }
 
 /** Decode every descriptor of the table (no chain walking). */
-export function decodeSplitTable(table: DataView, num: number): SplitDesc[] {
+export function decodeSplitTable(table: DescTable, num: number): SplitDesc[] {
   const out: SplitDesc[] = [];
-  for (let i = 0; i < num; i++) {
-    const o = i * DESC_SIZE;
-    out.push({ index: i, addr: table.getBigUint64(o, true), len: table.getUint32(o + 8, true), flags: table.getUint16(o + 12, true), next: table.getUint16(o + 14, true) });
-  }
+  for (let i = 0; i < num; i++) out.push({ index: i, addr: table.addr(i), len: table.len(i), flags: table.at12(i), next: table.at14(i) });
   return out;
 }
 
@@ -166,15 +177,17 @@ export function splitInflightPositions(raw: SplitRaw, num: number): { positions:
     if (usedIdAt(p) !== availAt(p)) { exact = false; break; }
   }
   if (exact) {
-    const positions: number[] = [];
-    const heads = new Set<number>();
+    const positions: number[] = new Array(k);
+    const seen = new Uint8Array(num);
+    let repeat = false;
     for (let j = 0; j < k; j++) {
-      const p = u16(U + j);
-      positions.push(p);
-      heads.add(availAt(p));
+      const p = U16(U + j);
+      positions[j] = p;
+      const h = availAt(p);
+      if (h < num) { if (seen[h]) repeat = true; seen[h] = 1; }
     }
     // A head cannot be in flight twice: a repeat means completions were not in order after all.
-    if (heads.size === k) return { positions, exact };
+    if (!repeat) return { positions, exact };
     exact = false;
   }
   // Distances back from avail.idx: offer at dp in [1, A]; use at dq = O - q.
@@ -216,14 +229,20 @@ export function buildSplitSnapshot(ctx: WalkContext, raw: SplitRaw, opts: SplitO
   const cfg = ctx.cfg;
   const n = cfg.num;
   const errors: RingError[] = [];
-  const availRing: number[] = new Array(n);
-  for (let i = 0; i < n; i++) availRing[i] = raw.availRing.getUint16(i * 2, true);
-  const usedRing: { id: number; len: number }[] = new Array(n);
-  for (let i = 0; i < n; i++) usedRing[i] = { id: raw.usedRing.getUint32(i * 8, true), len: raw.usedRing.getUint32(i * 8 + 4, true) };
+  // The ring arrays are built on first access: enumerable, so they still serialise and compare.
+  const avail = withLazyRing<SplitSnapshot['avail']>({ flags: raw.availFlags, idx: raw.availIdx }, () => {
+    const a: number[] = new Array(n);
+    for (let i = 0; i < n; i++) a[i] = raw.availRing.getUint16(i * 2, true);
+    return a;
+  });
+  const used = withLazyRing<SplitSnapshot['used']>({ flags: raw.usedFlags, idx: raw.usedIdx }, () => {
+    const u: { id: number; len: number }[] = new Array(n);
+    for (let i = 0; i < n; i++) u[i] = { id: raw.usedRing.getUint32(i * 8, true), len: raw.usedRing.getUint32(i * 8 + 4, true) };
+    return u;
+  });
   const snap: SplitSnapshot = {
     kind: 'split', vring: cfg.index, num: n, addr: { desc: cfg.desc, avail: cfg.avail, used: cfg.used },
-    avail: { flags: raw.availFlags, idx: raw.availIdx, ring: availRing },
-    used: { flags: raw.usedFlags, idx: raw.usedIdx, ring: usedRing },
+    avail, used,
     inflightCount: u16(raw.availIdx - raw.usedIdx), inflightExact: true, chains: [], errors,
   };
   if (cfg.eventIdx) {
@@ -253,7 +272,8 @@ export function buildSplitSnapshot(ctx: WalkContext, raw: SplitRaw, opts: SplitO
   const usedVisible = Math.min(n, raw.usedIdx, opts.usedHistory ?? n);
   for (let j = usedVisible; j >= 1; j--) {
     const p = u16(raw.usedIdx - j);
-    const { id, len } = usedRing[p % n];
+    const id = raw.usedRing.getUint32((p % n) * 8, true);
+    const len = raw.usedRing.getUint32((p % n) * 8 + 4, true);
     let c: Chain;
     if (id >= n) {
       const e = new RingError('used-id-out-of-range', cfg.index, `used[${p % n}].id ${id} >= ring size ${n}`, { head: id });

@@ -3,7 +3,7 @@ import { MemoryError, type GuestMemoryReader } from '../memory/guestMemory';
 import type { DeviceType } from '../protocol/features';
 import { buildPackedSnapshot, inferPacked, isAvail, isUsed, packedFlags, readPacked, walkPackedChain } from './packed';
 import { decodePayload, type Payload } from './payload';
-import { DESC_SIZE, RingError, WalkContext, fromMemoryError, u16, view, type Chain, type RingConfig } from './ring';
+import { DESC_SIZE, DescTable, RingError, WalkContext, fromMemoryError, u16, view, type Chain, type RingConfig } from './ring';
 import { buildSplitSnapshot, readSplit, readSplitIndices, walkSplitChain } from './split';
 import { snapshotRing, type RingSnapshot, type SnapshotOptions } from './snapshot';
 
@@ -254,7 +254,7 @@ export class RingWatcher {
       this.resync(ctx, 'idx-jump', out);
       return;
     }
-    const table = view(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor table'));
+    const table = new DescTable(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor table'));
     if (newA) {
       const ring = view(ctx.readRing(cfg.avail + 4n, 2 * n, 'avail ring'));
       for (let k = 0; k < newA; k++) {
@@ -315,7 +315,7 @@ export class RingWatcher {
     const cfg = this.cfg;
     const n = cfg.num;
     const t = this.now();
-    const table = view(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor ring'));
+    const table = new DescTable(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor ring'));
     const inf = inferPacked(table, n);
     const clean = inf.changes <= 1; // otherwise the driver is mid-update: trust the flags slot by slot
     // How far the driver is ahead of our avail cursor (virtual distance), when the flags say so unambiguously.
@@ -357,9 +357,8 @@ export class RingWatcher {
         if (!this.realignUsed(table, out, t)) break;
         continue;
       }
-      const o = this.usedSlot * DESC_SIZE;
-      const id = table.getUint16(o + 12, true);
-      const len = table.getUint32(o + 8, true);
+      const id = table.at12(this.usedSlot);
+      const len = table.len(this.usedSlot);
       const entry = this.untrack(id);
       let chain: Chain | undefined;
       if (entry) chain = { ...entry.chain, state: 'used', usedLen: len };
@@ -404,7 +403,7 @@ export class RingWatcher {
    * before the avail cursor, our cursor was misplaced (seeded on the stale tail of a completed chain, or an unknown
    * id made us skip too little): move to it and drop seeded entries in the skipped slots. Returns whether it moved.
    */
-  private realignUsed(table: DataView, out: WatchEvent[], t: number): boolean {
+  private realignUsed(table: DescTable, out: WatchEvent[], t: number): boolean {
     const n = this.cfg.num;
     const dist = this.distance(this.usedSlot, this.usedWrap, this.availSlot, this.availWrap);
     if (dist <= 0 || dist > n) return false;

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { snapshotPacked, inferPacked } from '../../core/virtio/packed';
-import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED, RingError, view } from '../../core/virtio/ring';
+import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DescTable, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED, RingError } from '../../core/virtio/ring';
 import { GPA_BASE, PackedRingBuilder, makeMemory } from '../helpers/ringBuilder';
 
 function setup(num = 8) {
@@ -201,6 +201,6 @@ test('hostile packed: AVAIL bits that fit no driver position -> bad-wrap, still 
 test('inferPacked: positions from flags', () => {
   const { mem, rb } = setup(4);
   rb.add([{ len: 1 }]); rb.add([{ len: 1 }]);
-  const t = view(mem.readGpa(rb.descGpa, 64));
+  const t = new DescTable(mem.readGpa(rb.descGpa, 64));
   assert.deepEqual(inferPacked(t, 4), { driverNext: 2, driverWrap: true, usedNext: 0, usedWrap: true, windowStart: 4, changes: 1 });
 });
