@@ -1,5 +1,6 @@
 // Guest memory access: the GuestMemory interface, typed MemoryError, and RegionMemory (bounds-checked pread/pwrite on region fds).
 import * as fs from 'node:fs';
+import { FEATURE_BIT, hasBit } from '../protocol/features';
 import type { Region } from '../session/session';
 
 /** Which address space an access is expressed in: guest-physical or front-end (QEMU) virtual. */
@@ -373,7 +374,7 @@ export class RegionMemory extends MappedMemory {
 
   /** Memory for a session: its regions (live) and IOMMU mode from the acked features. */
   static forSession(state: { memory: readonly Region[]; features: { acked?: bigint } }, opts: MemoryOptions = {}): RegionMemory {
-    const iommu = state.features.acked !== undefined && ((state.features.acked >> 33n) & 1n) === 1n;
+    const iommu = hasBit(state.features.acked, FEATURE_BIT.ACCESS_PLATFORM);
     return RegionMemory.live(() => state.memory, { iommu, ...opts });
   }
 

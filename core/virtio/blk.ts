@@ -81,7 +81,7 @@ export function decodeBlkChain(mem: GuestMemoryReader, chain: Chain, opts: BlkDe
     else {
       p.statusCode = mem.readGpa(last.addr + BigInt(last.len - 1), 1)[0];
       p.status = BLK_STATUS[p.statusCode] ?? `status ${p.statusCode}`;
-      const wantData = typeCode === 8 ? 20 : previewLen + 1; // one more than shown, so the preview says if there is more
+      const wantData = typeCode === 8 ? 20 : previewLen > 0 ? previewLen + 1 : 0; // one more than shown: says if there is more
       if (wantData > 0 && chain.writable > 1 && (typeCode === 0 || typeCode === 8)) {
         const w = gather(mem, chain, true, wantData, chain.writable - 1);
         if (typeCode === 8) {

@@ -34,7 +34,7 @@ export function decodePayload(mem: GuestMemoryReader, chain: Chain, vring: numbe
     if (chain.error && chain.descs.length === 0) return { kind: 'hex', summary: 'chain not decodable', error: chain.error.message };
     switch (ctx.device) {
       case 'net': return decodeNetChain(mem, chain, vring, { features: ctx.features, ctrlQueue: ctx.ctrlQueue });
-      case 'blk': return decodeBlkChain(mem, chain, { preview: ctx.preview });
+      case 'blk': return decodeBlkChain(mem, chain, { preview });
       default: {
         const o = gather(mem, chain, false, preview);
         const p: HexPayload = { kind: 'hex', summary: `${chain.readable} bytes out, ${chain.writable} bytes in${chain.state === 'used' ? ` (${chain.usedLen ?? 0} written)` : ''}` };

@@ -160,3 +160,19 @@ test('hex payload for other devices; unreadable buffers give an error payload, n
     assert.match((p as { error?: string }).error ?? '', /address is in no memory region/);
   }
 });
+
+test('blk preview: 16 bytes by default through decodePayload, none when asked for 0', () => {
+  const mem = makeMemory(1 << 20);
+  const rb = new SplitRingBuilder(mem, 8, 0);
+  const marker = Buffer.from('VLRINGmarker0123456789');
+  const out = rb.add([{ len: 16, data: P.blkHdr(1, 3000n) }, { len: 512, data: new Uint8Array([...marker, ...new Uint8Array(512 - marker.length)]) }, { len: 1, write: true }]);
+  const inn = rb.add([{ len: 16, data: P.blkHdr(0, 3000n) }, { len: 512, write: true }, { len: 1, write: true }]);
+  rb.use(out, 1, new Uint8Array([0]));
+  rb.use(inn, 513, new Uint8Array([...marker, ...new Uint8Array(512 - marker.length), 0]));
+  const s = snapshotRing(mem, rb.cfg, { device: 'blk' });
+  const [o, i] = s.chains.map((c) => blk(c.payload));
+  assert.equal(Buffer.from(o.preview!.replace(/[^0-9a-f]/g, ''), 'hex').toString(), marker.subarray(0, 16).toString());
+  assert.equal(Buffer.from(i.preview!.replace(/[^0-9a-f]/g, ''), 'hex').toString(), marker.subarray(0, 16).toString());
+  const s0 = snapshotRing(mem, rb.cfg, { device: 'blk', preview: 0 });
+  assert.deepEqual(s0.chains.map((c) => blk(c.payload).preview), [undefined, undefined]);
+});
