@@ -139,6 +139,11 @@ export interface Chain {
   usedPos?: number;
   /** False when the device has not fetched it yet (known only when the device's next avail is known). */
   fetched?: boolean;
+  /**
+   * Watcher (split): offered and completed between two polls, its descriptors were rewritten for a later chain
+   * before they could be read; descs show the later chain's content, so no payload is decoded for it.
+   */
+  recycled?: boolean;
   /** Packed snapshot only: may be the stale tail of the chain the newest used element completed. */
   maybeStale?: boolean;
   /** First error met while walking; descs holds what was decoded before it. */

@@ -20,6 +20,23 @@ export const realScheduler: Scheduler = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
+/**
+ * Chains read in one poll, oldest first. A descriptor cannot belong to two chains in flight at once, so when an
+ * older chain shares a table index with a newer one, it was completed and its descriptors rewritten for the newer
+ * one before this poll read them: what was decoded for it is the newer chain's content. Mark it.
+ */
+export function markRecycled(batch: Chain[]): void {
+  if (batch.length < 2) return;
+  const later = new Set<number>();
+  for (let k = batch.length - 1; k >= 0; k--) {
+    const c = batch[k];
+    const idx: number[] = c.indirect ? [c.indirect.index] : c.descs.filter((d) => !d.fromIndirect).map((d) => d.index);
+    if (!c.descs.length && !c.indirect) idx.push(c.head);
+    if (idx.some((i) => later.has(i))) c.recycled = true;
+    for (const i of idx) later.add(i);
+  }
+}
+
 export interface WatchOptions {
   memory: GuestMemoryReader;
   ring: RingConfig;
@@ -187,7 +204,7 @@ export class RingWatcher {
   }
 
   private payload(chain: Chain): Payload | undefined {
-    if (this.opts.payloads === false || chain.descs.length === 0) return undefined;
+    if (this.opts.payloads === false || chain.descs.length === 0 || chain.recycled) return undefined;
     return decodePayload(this.mem, chain, this.cfg.index, {
       device: this.opts.device ?? 'unknown', features: this.opts.features, ctrlQueue: this.opts.ctrlQueue, preview: this.opts.preview,
     });
@@ -257,13 +274,18 @@ export class RingWatcher {
     const table = new DescTable(ctx.readRing(cfg.desc, n * DESC_SIZE, 'descriptor table'));
     if (newA) {
       const ring = view(ctx.readRing(cfg.avail + 4n, 2 * n, 'avail ring'));
+      const batch: Chain[] = [];
       for (let k = 0; k < newA; k++) {
         const p = u16(this.lastAvail + k);
-        const head = ring.getUint16((p % n) * 2, true);
-        const chain = walkSplitChain(ctx, table, head);
+        const chain = walkSplitChain(ctx, table, ring.getUint16((p % n) * 2, true));
         chain.availPos = p;
-        if (chain.error) out.push({ kind: 'error', vring: cfg.index, time: t, error: chain.error });
-        this.track(head, chain, p, t);
+        batch.push(chain);
+      }
+      markRecycled(batch);
+      for (const chain of batch) {
+        const p = chain.availPos!;
+        if (chain.error && !chain.recycled) out.push({ kind: 'error', vring: cfg.index, time: t, error: chain.error });
+        this.track(chain.head, chain, p, t);
         this.stats.avail++;
         out.push({ kind: 'avail', vring: cfg.index, time: t, pos: p, chain, payload: this.payload(chain) });
       }

@@ -253,3 +253,21 @@ test('watch packed: offers completed between polls are caught up by a resync fro
   assert.deepEqual(kinds(tick()), ['avail']);
   assert.deepEqual(w.inflight().map((e) => e.head), [c]);
 });
+
+test('watch split: a chain offered, completed and its descriptors reused between two polls is flagged recycled, not mis-decoded', () => {
+  const mem = makeMemory();
+  const rb = new SplitRingBuilder(mem, 4, 0);
+  const { w, tick } = rig(mem, rb);
+  w.start();
+  tick();
+  const a = rb.add([{ len: 16, data: P.blkHdr(1, 9000n) }, { len: 512 }, { len: 1, write: true }]); // descriptors 0, 1, 2
+  rb.use(a, 1, new Uint8Array([0]));
+  const b = rb.add([{ len: 16, data: P.blkHdr(0, 3000n) }, { len: 512, write: true }, { len: 1, write: true }]); // 3, 0, 1
+  const evs = tick();
+  assert.deepEqual(kinds(evs), ['avail', 'avail', 'used']);
+  const [ea, eb, eu] = evs as [Extract<WatchEvent, { kind: 'avail' }>, Extract<WatchEvent, { kind: 'avail' }>, Extract<WatchEvent, { kind: 'used' }>];
+  assert.deepEqual([ea.chain.head, ea.chain.recycled, ea.payload], [a, true, undefined]);
+  assert.deepEqual([eb.chain.head, eb.chain.recycled, (eb.payload as BlkPayload).summary], [b, undefined, 'IN sector=3000 len=512 (in flight)']);
+  assert.deepEqual([eu.id, eu.chain?.recycled, eu.payload], [a, true, undefined]);
+  assert.deepEqual(w.inflight().map((e) => e.head), [b]);
+});
