@@ -24,7 +24,11 @@ export async function runDemo(p: Parsed, io: CliIo = stdio): Promise<number> {
     say('starting qemu-storage-daemon', `vhost-user-blk back-end on ${qsd.socket}`);
     await qsd.start();
     const proxySock = path.join(dir, 'vhost-lens.sock');
-    const proxy = new Proxy({ frontend: { mode: 'listen', path: proxySock }, backend: { mode: 'connect', path: qsd.socket }, maxSessions: 1, capture: p.flags.get('capture') as string | undefined });
+    const notifiers = p.flags.has('notifiers');
+    const proxy = new Proxy({
+      frontend: { mode: 'listen', path: proxySock }, backend: { mode: 'connect', path: qsd.socket }, maxSessions: 1,
+      capture: p.flags.get('capture') as string | undefined, notifiers, ringCapture: notifiers && p.flags.has('rings'),
+    });
     const done = runEngine(proxy, p, io);
     await proxy.start();
     say('starting QEMU', `TCG guest, vhost-user-blk-pci on ${proxySock} (the proxy), guest RAM shared through a memfd`);

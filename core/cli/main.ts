@@ -127,6 +127,7 @@ usage:
       --notifiers           interpose on kick/call/err eventfds and count every signal (kind:"notify")
       --rings               watch every live vring through the guest memory fds (kind:"ring": chains, payloads)
       --poll-hz N           ring polling rate with --rings (default 100); kill -USR1 PID prints a snapshot of every vring
+                            with --notifiers too, split rings are captured exactly at each kick and call instead
       --socket-mode MODE    mode of listening sockets (octal, default 600)
       --socket-group GROUP  group of listening sockets (e.g. the group QEMU runs as)
       --max-sessions N      exit after N sessions have ended
@@ -157,6 +158,7 @@ export async function runProxy(p: Parsed, io: CliIo = stdio, signal?: AbortSigna
   if (modeText !== undefined && (!/^[0-7]{3,4}$/.test(modeText))) throw new UsageError(`--socket-mode must be octal like 600 or 660, got "${modeText}"`);
   const proxy = new Proxy({
     frontend, backend, device: device(p), capture: str(p, 'capture'), notifiers: p.flags.has('notifiers'),
+    ringCapture: p.flags.has('notifiers') && p.flags.has('rings'),
     socketMode, socketGroup: str(p, 'socket-group'), maxSessions: num(p, 'max-sessions'),
     connectTimeoutMs: num(p, 'connect-timeout'), notifyIntervalMs: num(p, 'notify-interval'),
   });

@@ -14,7 +14,7 @@ export function ringLine(e: RingEvent): string {
   const idx = `${e.availIdx !== undefined ? ` avail ${e.availIdx}` : ''}${e.usedIdx !== undefined ? ` used ${e.usedIdx}` : ''}`;
   const parts = [...e.chains.map(chainText), ...e.errors.map((x) => `!! ${x}`), ...(e.resync && e.resync !== 'start' ? [`resync: ${e.resync}`] : [])];
   if (!parts.length) return '';
-  return `    ~ vring ${e.vring}${idx}: ${parts.join('; ')}`;
+  return `    ~ vring ${e.vring}${e.source === 'poll' ? '' : ` at ${e.source}`}${idx}: ${parts.join('; ')}`;
 }
 
 export function ringJson(e: RingEvent): Record<string, Json> {
@@ -37,7 +37,7 @@ engineHooks.push((engine, p, printer: Printer) => {
   const pollHz = num(p, 'poll-hz') ?? 100;
   if (p.flags.has('poll-hz') && !rings) throw new UsageError('--poll-hz needs --rings');
   if (rings && (pollHz <= 0 || pollHz > 10000)) throw new UsageError('--poll-hz must be between 1 and 10000');
-  const obs = new RingObserver(engine, { pollHz: rings ? pollHz : 0 });
+  const obs = new RingObserver(engine, { pollHz: rings ? pollHz : 0, captures: rings && p.flags.has('notifiers') });
   if (rings) {
     obs.on('ring', (e) => {
       if (printer.json) { printer.obj(ringJson(e)); return; }

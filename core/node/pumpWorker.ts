@@ -40,7 +40,7 @@ function flush(): void {
   parentPort!.postMessage({ kind: 'batch', events } satisfies WorkerPost);
 }
 function post(e: WorkerEvent): void {
-  if (e.kind === 'message' || e.kind === 'notify') {
+  if (e.kind === 'message' || e.kind === 'notify' || e.kind === 'ringcapture') {
     batch.push(e);
     if (batch.length >= BATCH_MAX) flush();
     else if (!batchTimer) batchTimer = pump.setTimer(BATCH_MS, flush);

@@ -1,6 +1,7 @@
 // Typed commands (host -> pump worker) and events (pump worker -> host); structured-clone safe, no classes.
 import type { Channel, Side } from '../protocol/table';
 import type { FdInfo } from '../sys/native';
+import type { RingCapture } from '../proxy/notifyCapture';
 
 export type EndpointMode = 'listen' | 'connect';
 export interface Endpoint { mode: EndpointMode; path: string }
@@ -10,6 +11,8 @@ export interface RelayOptions {
   backend: Endpoint;
   /** Substitute our own eventfds for kick/call/err and count every signal. */
   notifiers?: boolean;
+  /** With notifiers: walk split rings at each kick and call before relaying it (exact ring capture). */
+  ringCapture?: boolean;
   /** Socket file mode for listening endpoints (default 0o600). */
   socketMode?: number;
   socketGroup?: string;
@@ -51,6 +54,7 @@ export type WorkerEvent =
   | { kind: 'held'; rec: WireRecord }
   | { kind: 'channel'; session: number; event: 'open' | 'closed'; reason?: string }
   | { kind: 'notify'; session: number; vring: number; what: 'kick' | 'call' | 'err'; signals: number; count: number; first: number; last: number }
+  | { kind: 'ringcapture'; session: number; cap: RingCapture }
   | { kind: 'error'; session?: number; where: string; message: string }
   | { kind: 'stats'; ledger: number; ledgerByKind: Record<string, number>; violations: string[]; requestId: number }
   | { kind: 'ready' }

@@ -6,6 +6,7 @@ import { FrameReader, Outbox, type Frame } from '../node/wire';
 import { EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLHUP, EPOLLERR, NativeError, type Native } from '../sys/native';
 import { specFor, otherSide, type Channel, type Side } from '../protocol/table';
 import { type RelayOptions, type WorkerEvent, type WorkerCommand, type WireRecord, gateKey, nowMicros } from '../node/workerProtocol';
+import { NotifyCapture } from './notifyCapture';
 
 const RETRYABLE = new Set(['ENOENT', 'ECONNREFUSED', 'EAGAIN']);
 
@@ -39,6 +40,8 @@ interface Session {
   channel: Conn[];
   interposers: Map<string, Interposer>;
   notifyTimer?: number;
+  /** Exact ring capture at kick/call time (opt-in). */
+  capture?: NotifyCapture;
 }
 
 interface Hold { id: number; conn: Conn; frame: Frame; seq: number; time: number; name: string }
@@ -177,6 +180,7 @@ export class Relay {
     this.pump.unwatch(feFd);
     this.pump.unwatch(beFd);
     const s: Session = { id: this.nextSession++, seq: 0, main: [], channel: [], interposers: new Map() };
+    if (this.opts.notifiers && this.opts.ringCapture) s.capture = new NotifyCapture(this.native);
     this.session = s;
     const fe = this.conn(feFd, true, 'main', 'frontend');
     const be = this.conn(beFd, true, 'main', 'backend');
@@ -254,6 +258,10 @@ export class Relay {
     if (relayProblems) rec.relayProblems = relayProblems;
     if (frame.ctrunc) (rec.relayProblems ??= []).push('MSG_CTRUNC: the kernel dropped fds that did not fit');
     let send = frame.fds;
+    const cap = this.session?.capture;
+    if (cap && c.channel === 'main' && c.from === 'frontend') {
+      try { cap.observe(frame.bytes, frame.fds); } catch (e) { this.captureFault(e); }
+    }
     if (frame.fds.length) {
       rec.fds = frame.fds.map((f) => this.native.fdInfo(f)); // before they leave us
       send = this.substitute(c, frame, rec);
@@ -328,6 +336,14 @@ export class Relay {
     let n: number;
     try { n = fs.readSync(src, this.ev8, 0, 8, null); } catch { return; } // EAGAIN: nothing pending after all
     if (n !== 8) return;
+    const s = this.session!;
+    if (s.capture && ip.what !== 'err') {
+      // Walk the ring while its buffers are guaranteed valid: the other side has not been woken yet.
+      try {
+        const cap = ip.what === 'kick' ? s.capture.onKick(ip.vring, nowMicros()) : s.capture.onCall(ip.vring, nowMicros());
+        if (cap && (cap.chains.length || cap.note)) this.post({ kind: 'ringcapture', session: s.id, cap });
+      } catch (e) { this.captureFault(e); }
+    }
     try { fs.writeSync(dst, this.ev8, 0, 8); } catch (e) {
       this.post({ kind: 'error', session: this.session?.id, where: 'notifier', message: `relaying ${ip.what} on vring ${ip.vring} failed: ${(e as Error).message}` });
       return;
@@ -337,8 +353,11 @@ export class Relay {
     ip.last = t;
     ip.signals++;
     ip.count += Number(this.ev8.readBigUInt64LE(0));
-    const s = this.session!;
     if (s.notifyTimer === undefined) s.notifyTimer = this.pump.setTimer(this.opts.notifyIntervalMs ?? 200, () => { s.notifyTimer = undefined; this.reportNotifiers(s); });
+  }
+
+  private captureFault(e: unknown): void {
+    this.post({ kind: 'error', session: this.session?.id, where: 'ring capture', message: (e as Error).message });
   }
 
   private reportNotifiers(s: Session): void {
@@ -393,6 +412,7 @@ export class Relay {
     if (this.hold) { for (const f of this.hold.frame.fds) this.native.close(f); this.hold = undefined; }
     for (const c of [...s.main, ...s.channel]) this.dropConn(c);
     for (const ip of s.interposers.values()) this.dropInterposer(ip);
+    s.capture?.close();
     this.post({ kind: 'session', session: s.id, event: 'end', reason });
     this.endedSessions++;
     if (this.opts.maxSessions && this.endedSessions >= this.opts.maxSessions) { this.stop(); return; }

@@ -1,6 +1,9 @@
 // Ring observation for any engine: watches each live vring of each session through its memory fds, on demand or polled.
 import { EventEmitter } from 'node:events';
 import { RegionMemory } from '../memory/guestMemory';
+import { BufferMemory, type BufferRegionSpec } from '../memory/bufferMemory';
+import { decodePayload } from '../virtio/payload';
+import type { CapturedBytes, RingCapture } from '../proxy/notifyCapture';
 import { RingWatcher, type WatchEvent } from '../virtio/watch';
 import { ringConfigFromVring, snapshotRing, type RingSnapshot } from '../virtio/snapshot';
 import { RingError, type Chain } from '../virtio/ring';
@@ -32,6 +35,30 @@ export interface RingEvent {
   chains: ChainView[];
   errors: string[];
   resync?: string;
+  /** How it was seen: polled, or captured when the driver kicked / the device called (exact). */
+  source: 'poll' | 'kick' | 'call';
+}
+
+/** Guest memory made of the bytes captured with a ring event (overlapping reads merged); nothing else is readable. */
+export function capturedMemory(bytes: readonly CapturedBytes[]): BufferMemory {
+  const sorted = [...bytes].sort((a, b) => (a.addr < b.addr ? -1 : a.addr > b.addr ? 1 : 0));
+  const regions: BufferRegionSpec[] = [];
+  for (const c of sorted) {
+    const last = regions[regions.length - 1];
+    const lastEnd = last ? last.guestPhysAddr + BigInt(last.bytes.byteLength) : -1n;
+    if (last && c.addr <= lastEnd) {
+      const end = c.addr + BigInt(c.bytes.byteLength);
+      if (end > lastEnd) {
+        const merged = new Uint8Array(Number(end - last.guestPhysAddr));
+        merged.set(last.bytes);
+        merged.set(c.bytes, Number(c.addr - last.guestPhysAddr));
+        last.bytes = merged;
+      }
+      continue;
+    }
+    regions.push({ guestPhysAddr: c.addr, userspaceAddr: c.addr, bytes: c.bytes.slice() });
+  }
+  return new BufferMemory(regions, { writable: false });
 }
 
 export function chainView(c: Chain, payload?: unknown): ChainView {
@@ -51,6 +78,8 @@ interface Watch { watcher: RingWatcher; key: string; pending?: RingEvent }
 export interface RingObserverOptions {
   /** Polling rate; 0 disables polling (snapshots on demand only). */
   pollHz: number;
+  /** The relay captures split rings at each interposed kick/call: do not poll those rings, decode the captures. */
+  captures?: boolean;
 }
 
 export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
@@ -77,9 +106,17 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
     return snapshotRing(this.memory(s), v, { features: s.state.features.acked, device: s.state.device });
   }
 
+  private readonly interposedKicks = new Set<string>();
+
   private handle(e: EngineEvent): void {
     if (e.kind === 'session' && e.event === 'end') { this.dropSession(e.session); return; }
-    if (e.kind !== 'message' || !this.opts.pollHz) return;
+    if (e.kind === 'ringcapture') { this.fromCapture(e.session, e.cap); return; }
+    if (e.kind !== 'message') return;
+    if (e.msg.name === 'SET_VRING_KICK' && !e.msg.reply) {
+      const id = `${e.msg.session}:${(e.msg.payload as { index?: number } | undefined)?.index}`;
+      if (e.msg.substituted?.includes('kick eventfd')) this.interposedKicks.add(id); else this.interposedKicks.delete(id);
+    }
+    if (!this.opts.pollHz) return;
     if (!e.changes.some((c) => c.what === 'vring' || c.what === 'memory' || c.what === 'features')) return;
     const s = this.engine.tracker.sessions.get(e.msg.session);
     if (!s) return;
@@ -90,10 +127,27 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
     return v.num !== undefined && !!v.addr && !v.stopped && (v.kick === 'fd' || v.enabled === true) && s.state.memory.length > 0;
   }
 
+  /** Split rings whose kicks the relay interposes are captured exactly at each notification: no need to poll. */
+  private captured(s: Session, v: Vring): boolean {
+    const packed = s.state.features.acked !== undefined && ((s.state.features.acked >> 34n) & 1n) === 1n;
+    return !!this.opts.captures && !packed && this.interposedKicks.has(`${s.state.id}:${v.index}`);
+  }
+
+  private fromCapture(session: number, cap: RingCapture): void {
+    const s = this.engine.tracker.sessions.get(session);
+    const mem = capturedMemory(cap.bytes);
+    const ctx = { device: s?.state.device ?? 'unknown', features: s?.state.features.acked } as const;
+    const chains = cap.chains.map((c) => chainView(c, decodePayload(mem, c, cap.vring, ctx)));
+    this.emit('ring', {
+      kind: 'ring', session, vring: cap.vring, time: cap.time, availIdx: cap.availIdx, usedIdx: cap.usedIdx,
+      chains, errors: cap.note ? [cap.note] : [], source: cap.at,
+    });
+  }
+
   private reconsider(s: Session, v: Vring): void {
     const id = `${s.state.id}:${v.index}`;
     const w = this.watches.get(id);
-    const key = this.live(s, v) ? `${v.num}:${v.addr!.desc}:${v.addr!.avail}:${v.addr!.used}:${s.state.features.acked}` : '';
+    const key = this.live(s, v) && !this.captured(s, v) ? `${v.num}:${v.addr!.desc}:${v.addr!.avail}:${v.addr!.used}:${s.state.features.acked}` : '';
     if (w && w.key === key) return;
     if (w) {
       // Last look before the ring stops or changes, so its final entries are reported.
@@ -105,7 +159,7 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
     if (!key) return;
     let cfg;
     try { cfg = ringConfigFromVring(v, s.state.features.acked); } catch (err) {
-      this.emit('ring', { kind: 'ring', session: s.state.id, vring: v.index, time: Date.now() * 1000, chains: [], errors: [(err as Error).message] });
+      this.emit('ring', { kind: 'ring', session: s.state.id, vring: v.index, time: Date.now() * 1000, chains: [], errors: [(err as Error).message], source: 'poll' });
       return;
     }
     const watcher = new RingWatcher({
@@ -121,7 +175,7 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
   /** Events of one poll arrive synchronously; group them into one ring event. */
   private collect(session: number, vring: number, w: Watch, ev: WatchEvent): void {
     if (!w.pending) {
-      w.pending = { kind: 'ring', session, vring, time: ev.time * 1000, chains: [], errors: [] };
+      w.pending = { kind: 'ring', session, vring, time: ev.time * 1000, chains: [], errors: [], source: 'poll' };
       queueMicrotask(() => this.flush(session, vring, w));
     }
     const p = w.pending;

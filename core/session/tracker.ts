@@ -4,6 +4,7 @@ import { Session, type SessionMessage, type SessionState, type StateChange } fro
 import type { DeviceType } from '../protocol/features';
 import type { WorkerEvent, WireRecord } from '../node/workerProtocol';
 import type { Side } from '../protocol/table';
+import type { RingCapture } from '../proxy/notifyCapture';
 
 export type EngineEvent =
   | { kind: 'listening'; side: Side; path: string }
@@ -13,6 +14,7 @@ export type EngineEvent =
   | { kind: 'held'; holdId: number; msg: SessionMessage }
   | { kind: 'channel'; session: number; event: 'open' | 'closed'; reason?: string }
   | { kind: 'notify'; session: number; vring: number; what: 'kick' | 'call' | 'err'; signals: number; count: number; first: number; last: number }
+  | { kind: 'ringcapture'; session: number; cap: RingCapture }
   | { kind: 'error'; session?: number; where: string; message: string }
   | { kind: 'stopped' };
 
@@ -62,7 +64,7 @@ export class SessionTracker extends EventEmitter<{ event: [EngineEvent] }> {
 
   handle(e: WorkerEvent): void {
     switch (e.kind) {
-      case 'listening': case 'connection': case 'notify': case 'error':
+      case 'listening': case 'connection': case 'notify': case 'error': case 'ringcapture':
         this.emit('event', e);
         return;
       case 'session': {
