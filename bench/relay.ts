@@ -125,9 +125,9 @@ export async function benchHandshake(reps: number): Promise<Record<string, unkno
 }
 
 /** Median Rx-pps seen by the vhost side over `seconds` of virtio-user <-> testpmd io forwarding. */
-async function dpdkPps(peers: PeerSet, dir: string, viaProxy: boolean, seconds: number, extra: string[] = []): Promise<number> {
+async function dpdkPps(peers: PeerSet, dir: string, viaProxy: boolean, seconds: number, extra: string[] = [], wrap?: string[]): Promise<number> {
   const vhostSock = path.join(dir, `vhost-${Date.now()}.sock`);
-  const vhost = peers.testpmd({ name: 'bench-vhost', vdev: { kind: 'vhost', iface: vhostSock }, mainLcore: 1 });
+  const vhost = peers.testpmd({ name: 'bench-vhost', vdev: { kind: 'vhost', iface: vhostSock }, mainLcore: 1, wrap });
   await vhost.start();
   let proxy: ChildProcess | undefined;
   let front = vhostSock;
@@ -162,6 +162,35 @@ export async function benchDpdk(reps: number, seconds = 5, label = 'proxy', extr
   }
 }
 
+/**
+ * Data plane with observation, side by side: direct; through the proxy watching rings (--rings);
+ * through the proxy interposing notifiers (--notifiers); the back-end under strace -f (what people do today).
+ */
+export async function benchObserved(reps: number, seconds = 5): Promise<Record<string, unknown>> {
+  requireTestpmd();
+  requireBinary('strace');
+  const peers = new PeerSet();
+  try {
+    const dir = peers.tmpDir('bench-obs');
+    const runs: Record<string, number[]> = { direct: [], watch: [], interpose: [], strace: [] };
+    for (let i = 0; i < reps; i++) {
+      runs.direct.push(await dpdkPps(peers, dir, false, seconds));
+      runs.watch.push(await dpdkPps(peers, dir, true, seconds, ['--rings', '--device', 'net']));
+      runs.interpose.push(await dpdkPps(peers, dir, true, seconds, ['--notifiers']));
+      runs.strace.push(await dpdkPps(peers, dir, false, seconds, [], ['strace', '-f', '-o', '/dev/null']));
+    }
+    const out: Record<string, unknown> = { reps, seconds };
+    for (const [k, v] of Object.entries(runs)) {
+      out[`${k}Pps`] = median(v);
+      out[`${k}Range`] = range(v);
+      if (k !== 'direct') out[`${k}Ratio`] = median(v.map((x, j) => x / runs.direct[j]));
+    }
+    return out;
+  } finally {
+    await peers.cleanup();
+  }
+}
+
 if (require.main === module) {
   (async () => {
     const which = process.argv[2] ?? 'all';
@@ -170,6 +199,7 @@ if (require.main === module) {
     if (which === 'all' || which === 'rtt') results.rtt = await benchRtt(reps);
     if (which === 'all' || which === 'handshake') results.handshake = await benchHandshake(reps);
     if (which === 'all' || which === 'dpdk') results.dpdk = await benchDpdk(Math.max(3, Math.min(reps, 5)));
+    if (which === 'all' || which === 'observed') results.observed = await benchObserved(Math.max(3, Math.min(reps, 5)));
     console.log(JSON.stringify(results, null, 2));
     fs.mkdirSync(path.join(__dirname, '..', '..', 'bench', 'results'), { recursive: true });
     fs.writeFileSync(path.join(__dirname, '..', '..', 'bench', 'results', `relay-${which}.json`), JSON.stringify(results, null, 2));

@@ -29,6 +29,8 @@ export interface TestpmdOptions {
   extraEal?: string[];
   extraArgs?: string[];
   binary?: string;
+  /** Run testpmd under another program, e.g. ['strace', '-f', '-o', '/dev/null'] (what people debug with today). */
+  wrap?: string[];
 }
 
 /** One periodic "NIC statistics" block: cumulative counters and rates since the previous block. */
@@ -125,7 +127,7 @@ export class Testpmd implements Peer {
     this.filePrefix = opts.filePrefix ?? `vl-${process.pid}-${++prefixCounter}-${randomBytes(3).toString('hex')}`;
     const args = testpmdArgs(opts, this.filePrefix);
     if (opts.binary) args[0] = opts.binary;
-    this.proc = new PeerProcess({ name: this.name, command: 'stdbuf', args: ['-o0', '-e0', ...args] });
+    this.proc = new PeerProcess({ name: this.name, command: 'stdbuf', args: ['-o0', '-e0', ...(opts.wrap ?? []), ...args] });
   }
 
   get pid(): number | undefined { return this.proc.pid; }
