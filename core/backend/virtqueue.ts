@@ -1,0 +1,387 @@
+// Device side of a split virtqueue (virtio 1.2 2.7): pop avail chains in batches, push used entries, EVENT_IDX and suppression.
+import * as fs from 'node:fs';
+import { DeviceMemoryError, type DeviceMemory } from './memory';
+
+export const VRING_DESC_F_NEXT = 1;
+export const VRING_DESC_F_WRITE = 2;
+export const VRING_DESC_F_INDIRECT = 4;
+export const VRING_USED_F_NO_NOTIFY = 1;
+export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+const MAX_QUEUE = 32768;
+const MAX_INDIRECT = 65536;
+const TWO32 = 4294967296;
+
+/** vring_need_event (virtio 1.2 2.7.7.2): should the other side be notified for new_idx given its event index? */
+export const needEvent = (event: number, newIdx: number, old: number): boolean =>
+  ((newIdx - event - 1) & 0xffff) < ((newIdx - old) & 0xffff);
+
+/** A ring problem the device cannot work around (the queue stops until it is set up again). */
+export class QueueError extends Error {
+  override readonly name = 'QueueError';
+  constructor(readonly vring: number, message: string) { super(`vring ${vring}: ${message}`); }
+}
+
+/** One descriptor chain as the device walks it: its buffers in order, readable ones first. */
+export class Chain {
+  head = 0;
+  n = 0;
+  readonly addr: number[] = [];
+  readonly len: number[] = [];
+  readonly write: boolean[] = [];
+  readable = 0;
+  writable = 0;
+  /** Set when the chain is malformed (loop, bad index, bad indirect table...): the device must not touch its buffers. */
+  error?: string;
+
+  reset(head: number): void {
+    this.head = head; this.n = 0; this.readable = 0; this.writable = 0; this.error = undefined;
+    this.addr.length = 0; this.len.length = 0; this.write.length = 0;
+  }
+}
+
+/** Wakes the other thread's store buffer: a locked instruction is a full fence on x86 (the pwrite before it is ordered). */
+const fenceCell = new Int32Array(new SharedArrayBuffer(4));
+export const fence = (): void => { Atomics.add(fenceCell, 0, 0); };
+
+const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+
+export interface QueueStats { popped: number; used: number; calls: number; suppressedCalls: number; kicks: number; kickSignals: number; errors: number }
+
+/**
+ * One split virtqueue. Addresses come in the front-end's virtual space (SET_VRING_ADDR) and are translated to
+ * guest-physical whenever the memory table changes. Nothing here trusts guest memory: every index, length and
+ * address is checked before use, and a bad chain is reported on the chain, not thrown.
+ */
+export class VirtQueue {
+  num = 0;
+  descUva?: number;
+  availUva?: number;
+  usedUva?: number;
+  logFlag = 0;
+  /** Next avail index the device will read (SET_VRING_BASE / GET_VRING_BASE). */
+  lastAvail = 0;
+  usedIdx = 0;
+  kickFd?: number;
+  callFd?: number;
+  errFd?: number;
+  /** A kick fd (or "no fd": polling) was given: the ring is started; GET_VRING_BASE stops it. */
+  started = false;
+  enabled = false;
+  eventIdx = false;
+  indirectOk = false;
+  /** Set when the ring cannot be processed (bad addresses, bad index); cleared by reconfiguration. */
+  fault?: string;
+  readonly stats: QueueStats = { popped: 0, used: 0, calls: 0, suppressedCalls: 0, kicks: 0, kickSignals: 0, errors: 0 };
+
+  private descGpa = 0;
+  private availGpa = 0;
+  private usedGpa = 0;
+  private memGen = -1;
+  private syncUsed = true;
+  private signalledUsed = 0;
+  private signalledValid = false;
+  private noNotifySet = false;
+  private staged = 0;
+  private descBuf = Buffer.alloc(0);
+  private availBuf = Buffer.alloc(0);
+  private usedBuf = Buffer.alloc(0);
+  private indBuf = Buffer.alloc(256);
+  private readonly small = Buffer.alloc(8);
+  private readonly chains: Chain[] = [];
+
+  constructor(readonly index: number, private readonly mem: DeviceMemory) {}
+
+  setNum(n: number): void {
+    if (n === 0 || n > MAX_QUEUE || (n & (n - 1)) !== 0) throw new QueueError(this.index, `invalid ring size ${n} (a power of two up to ${MAX_QUEUE})`);
+    this.num = n;
+    this.descBuf = Buffer.alloc(16 * n);
+    this.availBuf = Buffer.alloc(2 * n);
+    this.usedBuf = Buffer.alloc(8 * n);
+    this.invalidate();
+  }
+
+  setAddr(desc: bigint, used: bigint, avail: bigint, flags: number): void {
+    const n = (b: bigint): number => (b <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(b) : NaN);
+    this.descUva = n(desc); this.usedUva = n(used); this.availUva = n(avail); this.logFlag = flags;
+    this.invalidate();
+  }
+
+  setBase(base: number): void {
+    this.lastAvail = base & 0xffff;
+    this.invalidate();
+  }
+
+  /** The ring stops (GET_VRING_BASE): returns the next avail index. */
+  stop(): number {
+    this.started = false;
+    this.staged = 0;
+    return this.lastAvail;
+  }
+
+  private invalidate(): void {
+    this.memGen = -1;
+    this.syncUsed = true;
+    this.signalledValid = false;
+    this.noNotifySet = false;
+    this.fault = undefined;
+  }
+
+  /** Whether the device may process this ring now. */
+  get runnable(): boolean { return this.started && this.enabled && this.fault === undefined; }
+
+  /** Translate the ring areas for the current memory table; throws QueueError (and sets fault) when impossible. */
+  prepare(): void {
+    if (this.memGen === this.mem.generation) return;
+    try {
+      if (!this.num) throw new QueueError(this.index, 'ring size not set (SET_VRING_NUM)');
+      if (this.descUva === undefined || this.availUva === undefined || this.usedUva === undefined) throw new QueueError(this.index, 'ring addresses not set (SET_VRING_ADDR)');
+      if (this.mem.empty) throw new QueueError(this.index, 'no guest memory yet (SET_MEM_TABLE / ADD_MEM_REG)');
+      const area = (what: string, uva: number, len: number): number => {
+        if (Number.isNaN(uva)) throw new QueueError(this.index, `${what} address beyond 2^53`);
+        try { return this.mem.uvaToGpa(uva, len); } catch (e) {
+          throw new QueueError(this.index, `${what} ring outside guest memory: ${(e as Error).message}`);
+        }
+      };
+      this.descGpa = area('descriptor', this.descUva, 16 * this.num);
+      this.availGpa = area('avail', this.availUva, 6 + 2 * this.num);
+      this.usedGpa = area('used', this.usedUva, 6 + 8 * this.num);
+      this.memGen = this.mem.generation;
+      if (this.syncUsed) {
+        this.mem.read(this.usedGpa + 2, this.small, 0, 2);
+        this.usedIdx = this.small.readUInt16LE(0);
+        this.syncUsed = false;
+      }
+    } catch (e) {
+      this.memGen = -1;
+      const qe = e instanceof QueueError ? e : new QueueError(this.index, (e as Error).message);
+      this.fault = qe.message;
+      throw qe;
+    }
+  }
+
+  /** Chains the driver has made available and the device has not taken. */
+  availCount(): number {
+    this.mem.read(this.availGpa + 2, this.small, 0, 2);
+    const idx = this.small.readUInt16LE(0);
+    const n = (idx - this.lastAvail) & 0xffff;
+    if (n > this.num) {
+      this.fault = `avail index ${idx} is ${n} ahead of the device's ${this.lastAvail}, more than the ring size ${this.num}`;
+      throw new QueueError(this.index, this.fault);
+    }
+    return n;
+  }
+
+  /**
+   * Take up to `max` available chains (batched: one read for the avail entries, one for the descriptor table).
+   * The returned chains are reused by the next pop.
+   */
+  pop(max: number, base = 0): Chain[] {
+    const count = Math.min(this.availCount(), max, this.num);
+    if (count === 0) return [];
+    const num = this.num, mask = num - 1;
+    const start = this.lastAvail & mask;
+    const first = Math.min(count, num - start);
+    this.mem.read(this.availGpa + 4 + 2 * start, this.availBuf, 0, 2 * first);
+    if (first < count) this.mem.read(this.availGpa + 4, this.availBuf, 2 * first, 2 * (count - first));
+    this.mem.read(this.descGpa, this.descBuf, 0, 16 * num);
+    const out: Chain[] = [];
+    for (let i = 0; i < count; i++) {
+      let c = this.chains[base + i];
+      if (!c) { c = new Chain(); this.chains[base + i] = c; }
+      this.walk(this.availBuf.readUInt16LE(2 * i), c);
+      out.push(c);
+    }
+    this.lastAvail = (this.lastAvail + count) & 0xffff;
+    this.stats.popped += count;
+    return out;
+  }
+
+  private walk(head: number, c: Chain): void {
+    c.reset(head);
+    if (head >= this.num) { c.error = `head ${head} out of range (ring size ${this.num})`; return; }
+    let table = this.descBuf, size = this.num, i = head, ttl = this.num, indirect = false, sawWrite = false, total = 0;
+    for (;;) {
+      if (ttl-- <= 0) { c.error = indirect ? 'indirect table loops' : 'descriptor loop'; return; }
+      const o = 16 * i;
+      const lo = table.readUInt32LE(o), hi = table.readUInt32LE(o + 4);
+      const len = table.readUInt32LE(o + 8), flags = table.readUInt16LE(o + 12), next = table.readUInt16LE(o + 14);
+      if (flags & VRING_DESC_F_INDIRECT) {
+        if (indirect) { c.error = `nested indirect table at descriptor ${i}`; return; }
+        if (!this.indirectOk) { c.error = `INDIRECT descriptor ${i} without VIRTIO_F_RING_INDIRECT_DESC`; return; }
+        if (flags & VRING_DESC_F_NEXT) { c.error = `descriptor ${i} has both INDIRECT and NEXT`; return; }
+        if (len === 0 || len % 16 || len / 16 > MAX_INDIRECT) { c.error = `indirect table length ${len} invalid`; return; }
+        if (hi >= 0x200000) { c.error = `indirect table at 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} beyond guest memory`; return; }
+        const addr = hi * TWO32 + lo;
+        const why = this.mem.check(addr, len);
+        if (why) { c.error = `indirect table 0x${addr.toString(16)}+${len}: ${why}`; return; }
+        if (this.indBuf.length < len) this.indBuf = Buffer.alloc(Math.max(len, 2 * this.indBuf.length));
+        this.mem.read(addr, this.indBuf, 0, len);
+        table = this.indBuf; size = len / 16; i = 0; ttl = size; indirect = true;
+        continue;
+      }
+      const w = (flags & VRING_DESC_F_WRITE) !== 0;
+      if (w) sawWrite = true;
+      else if (sawWrite) { c.error = `device-readable descriptor ${i} after a device-writable one`; return; }
+      total += len;
+      if (total > 0xffffffff) { c.error = 'chain length above 4 GiB'; return; }
+      c.addr.push(hi >= 0x200000 ? NaN : hi * TWO32 + lo);
+      c.len.push(len);
+      c.write.push(w);
+      c.n++;
+      if (w) c.writable += len; else c.readable += len;
+      if (!(flags & VRING_DESC_F_NEXT)) return;
+      i = next;
+      if (i >= size) { c.error = `next index ${i} out of range (${indirect ? 'indirect table' : 'ring'} size ${size})`; return; }
+    }
+  }
+
+  /** Give back the last `k` popped chains untouched (the device could not use them yet). */
+  unpop(k: number): void {
+    if (k <= 0) return;
+    this.lastAvail = (this.lastAvail - k) & 0xffff;
+    this.stats.popped -= k;
+  }
+
+  /** Stage a used element; written by flush(). */
+  push(head: number, len: number): void {
+    if (this.staged >= this.num) this.flush();
+    const o = 8 * this.staged++;
+    this.usedBuf.writeUInt32LE(head, o);
+    this.usedBuf.writeUInt32LE(len >>> 0, o + 4);
+  }
+
+  /** Write staged used elements and the new used index, then notify the driver if it wants it. */
+  flush(): void {
+    const n = this.staged;
+    if (!n) return;
+    this.staged = 0;
+    const mask = this.num - 1;
+    const start = this.usedIdx & mask;
+    const first = Math.min(n, this.num - start);
+    this.mem.write(this.usedGpa + 4 + 8 * start, this.usedBuf, 0, 8 * first);
+    if (first < n) this.mem.write(this.usedGpa + 4, this.usedBuf, 8 * first, 8 * (n - first));
+    this.usedIdx = (this.usedIdx + n) & 0xffff;
+    this.small.writeUInt16LE(this.usedIdx, 0);
+    this.mem.write(this.usedGpa + 2, this.small, 0, 2);
+    this.stats.used += n;
+    fence();
+    if (this.shouldCall()) this.call();
+    else this.stats.suppressedCalls++;
+  }
+
+  /** libvhost-user's rule: with EVENT_IDX, compare against the used index at the previous check (signalled or not). */
+  private shouldCall(): boolean {
+    if (this.eventIdx) {
+      this.mem.read(this.availGpa + 4 + 2 * this.num, this.small, 0, 2);
+      const usedEvent = this.small.readUInt16LE(0);
+      const valid = this.signalledValid, old = this.signalledUsed;
+      this.signalledValid = true;
+      this.signalledUsed = this.usedIdx;
+      return !valid || needEvent(usedEvent, this.usedIdx, old);
+    }
+    this.mem.read(this.availGpa, this.small, 0, 2);
+    return (this.small.readUInt16LE(0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+
+  /** Signal the call eventfd (no fd: the driver polls). */
+  call(): void {
+    if (this.callFd === undefined) return;
+    try { fs.writeSync(this.callFd, ONE, 0, 8); this.stats.calls++; } catch { /* EAGAIN: counter saturated, the driver is signalled anyway */ }
+  }
+
+  /** Signal the error eventfd, if any. */
+  signalError(): void {
+    this.stats.errors++;
+    if (this.errFd === undefined) return;
+    try { fs.writeSync(this.errFd, ONE, 0, 8); } catch { /* best effort */ }
+  }
+
+  /**
+   * Ask for kicks (enable) or tell the driver it need not kick (disable) while the device is busy with the ring.
+   * EVENT_IDX: avail_event = next avail index; otherwise the used ring's NO_NOTIFY flag.
+   */
+  notifyOn(enable: boolean): void {
+    if (this.eventIdx) {
+      if (!enable) return;
+      this.small.writeUInt16LE(this.lastAvail, 0);
+      this.mem.write(this.usedGpa + 4 + 8 * this.num, this.small, 0, 2);
+      return;
+    }
+    if (this.noNotifySet === !enable) return;
+    this.noNotifySet = !enable;
+    this.small.writeUInt16LE(enable ? 0 : VRING_USED_F_NO_NOTIFY, 0);
+    this.mem.write(this.usedGpa, this.small, 0, 2);
+  }
+
+  /**
+   * Run `handle` over every available chain until the ring is empty with kicks re-enabled (no lost wakeup).
+   * `handle` returns false to stop early (e.g. no room downstream); the loop then leaves kicks enabled.
+   */
+  drain(handle: (chains: Chain[]) => boolean, batch = 64): number {
+    this.prepare();
+    let total = 0;
+    for (;;) {
+      this.notifyOn(false);
+      for (;;) {
+        const chains = this.pop(batch);
+        if (!chains.length) break;
+        total += chains.length;
+        const more = handle(chains);
+        this.flush();
+        if (!more) { this.notifyOn(true); return total; }
+      }
+      this.notifyOn(true);
+      fence();
+      if (this.availCount() === 0) return total;
+    }
+  }
+
+  /** Guest-physical ring areas (for reports). */
+  areas(): { desc: number; avail: number; used: number } { return { desc: this.descGpa, avail: this.availGpa, used: this.usedGpa }; }
+}
+
+/** Copy between a chain's buffers and a flat byte range: which buffers, which offsets. */
+export function chainCopyCheck(mem: DeviceMemory, c: Chain): string | undefined {
+  for (let i = 0; i < c.n; i++) {
+    if (c.len[i] === 0) continue;
+    const a = c.addr[i];
+    if (Number.isNaN(a)) return `buffer ${i} address beyond guest memory`;
+    const why = mem.check(a, c.len[i]);
+    if (why) return `buffer ${i} (0x${a.toString(16)}+${c.len[i]}): ${why}`;
+  }
+  return undefined;
+}
+
+/** Read `len` bytes of the chain's readable part starting at `from` into dst. Throws DeviceMemoryError. */
+export function readChain(mem: DeviceMemory, c: Chain, from: number, dst: Uint8Array, dstOff: number, len: number): void {
+  let skip = from, done = 0;
+  for (let i = 0; i < c.n && done < len; i++) {
+    if (c.write[i]) break;
+    const l = c.len[i];
+    if (skip >= l) { skip -= l; continue; }
+    const n = Math.min(l - skip, len - done);
+    const a = c.addr[i];
+    if (Number.isNaN(a)) throw new DeviceMemoryError('gpa', a, n, 'buffer address beyond guest memory');
+    mem.read(a + skip, dst, dstOff + done, n);
+    done += n;
+    skip = 0;
+  }
+  if (done < len) throw new DeviceMemoryError('gpa', 0, len, `chain has only ${c.readable} readable bytes`);
+}
+
+/** Write len bytes from src into the chain's writable part starting at `from`. Throws DeviceMemoryError. */
+export function writeChain(mem: DeviceMemory, c: Chain, from: number, src: Uint8Array, srcOff: number, len: number): void {
+  let skip = from, done = 0;
+  for (let i = 0; i < c.n && done < len; i++) {
+    if (!c.write[i]) continue;
+    const l = c.len[i];
+    if (skip >= l) { skip -= l; continue; }
+    const n = Math.min(l - skip, len - done);
+    const a = c.addr[i];
+    if (Number.isNaN(a)) throw new DeviceMemoryError('gpa', a, n, 'buffer address beyond guest memory');
+    mem.write(a + skip, src, srcOff + done, n);
+    done += n;
+    skip = 0;
+  }
+  if (done < len) throw new DeviceMemoryError('gpa', 0, len, `chain has only ${c.writable} writable bytes`);
+}
