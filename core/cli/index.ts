@@ -2,6 +2,7 @@
 import { main } from './main';
 import './demo';
 import './rings';
+import './backend';
 
 // `vhost-lens … | head` closes our stdout: that is the reader's choice, not an error.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'EPIPE') process.exit(0); });

@@ -46,6 +46,7 @@ const F = {
   epoll_ctl: fn('epoll_ctl', I32, [I32, I32, I32, I64]),
   epoll_wait: fn('epoll_wait', I32, [I32, I64, I32, I32]),
   memcpy: fn('memcpy', I64, [I64, I64, I64]),
+  ioctl: fn('ioctl', I32, [I32, I64, I64]),
   errno_location: fn('__errno_location', I64, []),
 };
 function call(f: Call, ...args: unknown[]): number {
@@ -60,6 +61,7 @@ const SOL_SOCKET = 1, SCM_RIGHTS = 1;
 const EFD_CLOEXEC = 0x80000, EFD_NONBLOCK = 0x800, MFD_CLOEXEC = 1;
 const EPOLL_CLOEXEC = 0x80000, F_DUPFD_CLOEXEC = 1030, SHUT_RDWR = 2;
 const EINTR = 4, EAGAIN = 11, ECONNREFUSED = 111;
+const TUNSETIFF = 0x400454ca, IFF_TAP = 0x0002, IFF_NO_PI = 0x1000;
 const EPOLL_OPS = { add: 1, del: 2, mod: 3 } as const;
 
 export const ERRNO_NAMES: Record<number, string> = {
@@ -71,6 +73,7 @@ const errName = (e: number): string => ERRNO_NAMES[e] ?? `errno ${e}`;
 
 // ---- scratch area: fixed offsets, its address taken once (it never moves: allocUnsafeSlow is off the V8 heap)
 const OFF_MSGHDR = 0, OFF_IOV = 64, OFF_CTRL = 128, CTRL_SIZE = 1032; // room for 253 fds (SCM_MAX_FD)
+const OFF_IFREQ = 1408; // struct ifreq (40 bytes) for openTap, between the sockaddr and the epoll events
 const OFF_ADDR = 1280, OFF_EVENTS = 1536, MAX_EVENTS = 64, OFF_INT = 2400, OFF_EV1 = 2432;
 const OFF_DATA = 4096, DATA_SIZE = 65536;
 const scratch = Buffer.allocUnsafeSlow(OFF_DATA + DATA_SIZE).fill(0);
@@ -348,6 +351,29 @@ export class FfiNative implements Native {
       out[i] = { events: scratch.readUInt32LE(o), fd: scratch.readUInt32LE(o + 4) };
     }
     return out;
+  }
+
+  openTap(name: string): { fd: number; name: string } {
+    const b = Buffer.from(name);
+    if (b.length === 0 || b.length > 15) throw new NativeError('openTap', 22, 'EINVAL', `interface name must be 1..15 bytes: "${name}"`);
+    let fd: number;
+    try {
+      fd = fs.openSync('/dev/net/tun', fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    } catch (e) {
+      const x = e as NodeJS.ErrnoException;
+      throw new NativeError('open /dev/net/tun', x.errno ? -x.errno : 0, x.code ?? 'EIO');
+    }
+    this.ledger.track(fd, 'other', `tap ${name}`);
+    scratch.fill(0, OFF_IFREQ, OFF_IFREQ + 40);
+    b.copy(scratch, OFF_IFREQ);
+    scratch.writeUInt16LE(IFF_TAP | IFF_NO_PI, OFF_IFREQ + 16);
+    if (call(F.ioctl, fd, TUNSETIFF, base + OFF_IFREQ) < 0) {
+      const e = errno();
+      this.close(fd);
+      throw new NativeError('ioctl TUNSETIFF', e, errName(e), name);
+    }
+    const end = scratch.indexOf(0, OFF_IFREQ);
+    return { fd, name: scratch.toString('utf8', OFF_IFREQ, Math.min(end < 0 ? OFF_IFREQ + 16 : end, OFF_IFREQ + 16)) };
   }
 
   fdInfo(fd: number): FdInfo {

@@ -67,4 +67,6 @@ export interface Native {
   /** Wait for events; timeoutMs -1 blocks. EINTR returns an empty list. */
   epollWait(epfd: number, timeoutMs: number): EpollEvent[];
   fdInfo(fd: number): FdInfo;
+  /** Open (creating if needed) a TAP interface: IFF_TAP | IFF_NO_PI, non-blocking fd owned by the ledger. */
+  openTap?(name: string): { fd: number; name: string };
 }
