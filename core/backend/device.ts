@@ -18,6 +18,8 @@ export interface DeviceContext {
   readonly pump: EventPump;
   /** Report a problem of the guest's making (rate-limited by the session): never thrown at the pump. */
   report(message: string): void;
+  /** Process this ring again on the next turn of the pump (after a device yielded its time slice). */
+  rerun(q: VirtQueue): void;
 }
 
 export interface Device {

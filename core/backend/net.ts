@@ -13,6 +13,8 @@ export const MAX_FRAME = 65535;
 /** Frames waiting for RX buffers, per queue pair; beyond this the oldest are dropped. */
 export const RX_BACKLOG = 512;
 const TAP_BATCH = 64;
+/** Longest the TX loop runs before it lets the pump serve other fds (control messages, RX kicks). */
+const TX_SLICE_US = 2000;
 
 export type NetMode = 'tap' | 'loopback';
 
@@ -24,6 +26,8 @@ export interface NetOptions {
   ip?: string;
   mac?: string;
   queuePairs?: number;
+  /** Busy-poll the TX ring this long after it runs dry (kicks stay disabled meanwhile); 0 = purely kick-driven. */
+  pollUs?: number;
 }
 
 export interface NetCounters {
@@ -131,7 +135,7 @@ export class NetDevice implements Device {
   private tx(q: VirtQueue, pair: number): void {
     const ctx = this.ctx!;
     const hdr = this.hdrLen;
-    q.drain((chains) => {
+    const r = q.drain((chains) => {
       for (const c of chains) {
         if (c.error) { this.bad(q, c, c.error); q.push(c.head, 0); continue; }
         const total = c.readable;
@@ -156,7 +160,8 @@ export class NetDevice implements Device {
       }
       this.fillRx(pair);
       return true;
-    });
+    }, 64, this.opts.pollUs ?? 0, TX_SLICE_US);
+    if (r.yielded) ctx.rerun(q);
   }
 
   /** A frame leaves the guest (header room in front, zeroed). */

@@ -37,7 +37,7 @@ export class VhostSession {
 
   constructor(private readonly native: Native, private readonly pump: EventPump, readonly device: Device, private readonly hooks: VhostHooks) {
     this.queues = Array.from({ length: device.vrings }, (_, i) => new VirtQueue(i, this.mem));
-    device.attach({ mem: this.mem, queues: this.queues, pump, report: (m) => hooks.report(m) });
+    device.attach({ mem: this.mem, queues: this.queues, pump, report: (m) => hooks.report(m), rerun: (q) => this.rerun(q) });
   }
 
   get offeredFeatures(): bigint { return this.device.features | bit(VHOST_USER_F_PROTOCOL_FEATURES); }
@@ -244,6 +244,13 @@ export class VhostSession {
       vq.signalError();
       this.hooks.report(`${msg} (ring stopped until it is set up again)`);
     }
+  }
+
+  private readonly rerunPending = new Set<number>();
+  private rerun(vq: VirtQueue): void {
+    if (this.rerunPending.has(vq.index) || this.closed) return;
+    this.rerunPending.add(vq.index);
+    this.pump.setTimer(0, () => { this.rerunPending.delete(vq.index); this.run(vq); });
   }
 
   private stopIfRunning(vq: VirtQueue): void {

@@ -316,23 +316,41 @@ export class VirtQueue {
   /**
    * Run `handle` over every available chain until the ring is empty with kicks re-enabled (no lost wakeup).
    * `handle` returns false to stop early (e.g. no room downstream); the loop then leaves kicks enabled.
+   * With `pollUs`, the device keeps kicks disabled and polls the avail index until it has been idle that long
+   * (busy polling after a kick, as vhost-net's busyloop does). After `sliceUs` of work the call returns with
+   * `yielded` set, kicks enabled, so the caller can let other fds run and come back.
    */
-  drain(handle: (chains: Chain[]) => boolean, batch = 64): number {
+  drain(handle: (chains: Chain[]) => boolean, batch = 64, pollUs = 0, sliceUs = Infinity): { total: number; yielded: boolean } {
     this.prepare();
     let total = 0;
+    const t0 = pollUs > 0 || sliceUs !== Infinity ? performance.now() : 0;
     for (;;) {
       this.notifyOn(false);
+      let idleSince = -1;
       for (;;) {
         const chains = this.pop(batch);
-        if (!chains.length) break;
+        if (!chains.length) {
+          if (pollUs <= 0) break;
+          const now = performance.now();
+          if (idleSince < 0) idleSince = now;
+          else if ((now - idleSince) * 1000 >= pollUs) break;
+          if ((now - t0) * 1000 >= sliceUs) break;
+          continue;
+        }
+        idleSince = -1;
         total += chains.length;
         const more = handle(chains);
         this.flush();
-        if (!more) { this.notifyOn(true); return total; }
+        if (!more) { this.notifyOn(true); return { total, yielded: false }; }
+        if (sliceUs !== Infinity && (performance.now() - t0) * 1000 >= sliceUs) {
+          this.notifyOn(true);
+          return { total, yielded: true };
+        }
       }
       this.notifyOn(true);
       fence();
-      if (this.availCount() === 0) return total;
+      if (this.availCount() === 0) return { total, yielded: false };
+      if (sliceUs !== Infinity && (performance.now() - t0) * 1000 >= sliceUs) return { total, yielded: true };
     }
   }
 
