@@ -126,6 +126,7 @@ export class VhostSession {
           r = deviceRegion(p as any, fd);
           this.mem.add(r);
         } catch (e) { this.native.close(fd); throw e; }
+        this.memoryChanged();
         return { ok: true };
       }
       case 'REM_MEM_REG': {
@@ -134,6 +135,7 @@ export class VhostSession {
         const r = this.mem.remove(n(p.guestPhysAddr), n(p.userspaceAddr), n(p.memorySize));
         if (!r) throw new Error(`REM_MEM_REG names no known region (gpa 0x${(p.guestPhysAddr as bigint).toString(16)})`);
         this.native.close(r.fd);
+        for (const vq of this.queues) vq.memoryChanged();
         return { ok: true };
       }
       case 'SET_VRING_NUM': take(0); { const vq = q(); this.stopIfRunning(vq); vq.setNum(p.num); } return { ok: true };
@@ -205,8 +207,14 @@ export class VhostSession {
       for (const f of fds) this.native.close(f);
       throw e;
     }
-    for (const vq of this.queues) if (vq.runnable) this.run(vq);
+    this.memoryChanged();
     return true;
+  }
+
+  /** New memory: rings re-translate their addresses (and faulted ones get another chance). */
+  private memoryChanged(): void {
+    for (const vq of this.queues) vq.memoryChanged();
+    for (const vq of this.queues) if (vq.runnable) this.run(vq);
   }
 
   private setKick(vq: VirtQueue, fd: number | undefined): void {
@@ -238,8 +246,11 @@ export class VhostSession {
     try {
       this.device.kick(vq);
     } catch (e) {
+      if (e instanceof QueueError && e.notReady) {
+        this.hooks.report(`${e.message}: the ring cannot run yet`);
+        return;
+      }
       const msg = e instanceof QueueError ? e.message : `vring ${vq.index}: ${(e as Error).message}`;
-      if (e instanceof QueueError && !vq.fault) vq.fault = e.message;
       if (!vq.fault) vq.fault = msg;
       vq.signalError();
       this.hooks.report(`${msg} (ring stopped until it is set up again)`);

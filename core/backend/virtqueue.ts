@@ -18,7 +18,8 @@ export const needEvent = (event: number, newIdx: number, old: number): boolean =
 /** A ring problem the device cannot work around (the queue stops until it is set up again). */
 export class QueueError extends Error {
   override readonly name = 'QueueError';
-  constructor(readonly vring: number, message: string) { super(`vring ${vring}: ${message}`); }
+  /** notReady: the ring lacks configuration or memory (not a fault: it runs once they arrive). */
+  constructor(readonly vring: number, message: string, readonly notReady = false) { super(`vring ${vring}: ${message}`); }
 }
 
 /** One descriptor chain as the device walks it: its buffers in order, readable ones first. */
@@ -126,6 +127,12 @@ export class VirtQueue {
     this.fault = undefined;
   }
 
+  /** The memory table changed: a ring that faulted on its addresses gets another chance. */
+  memoryChanged(): void {
+    this.memGen = -1;
+    this.fault = undefined;
+  }
+
   /** Whether the device may process this ring now. */
   get runnable(): boolean { return this.started && this.enabled && this.fault === undefined; }
 
@@ -133,9 +140,9 @@ export class VirtQueue {
   prepare(): void {
     if (this.memGen === this.mem.generation) return;
     try {
-      if (!this.num) throw new QueueError(this.index, 'ring size not set (SET_VRING_NUM)');
-      if (this.descUva === undefined || this.availUva === undefined || this.usedUva === undefined) throw new QueueError(this.index, 'ring addresses not set (SET_VRING_ADDR)');
-      if (this.mem.empty) throw new QueueError(this.index, 'no guest memory yet (SET_MEM_TABLE / ADD_MEM_REG)');
+      if (!this.num) throw new QueueError(this.index, 'ring size not set (SET_VRING_NUM)', true);
+      if (this.descUva === undefined || this.availUva === undefined || this.usedUva === undefined) throw new QueueError(this.index, 'ring addresses not set (SET_VRING_ADDR)', true);
+      if (this.mem.empty) throw new QueueError(this.index, 'no guest memory (SET_MEM_TABLE / ADD_MEM_REG)', true);
       const area = (what: string, uva: number, len: number): number => {
         if (Number.isNaN(uva)) throw new QueueError(this.index, `${what} address beyond 2^53`);
         try { return this.mem.uvaToGpa(uva, len); } catch (e) {
@@ -154,7 +161,7 @@ export class VirtQueue {
     } catch (e) {
       this.memGen = -1;
       const qe = e instanceof QueueError ? e : new QueueError(this.index, (e as Error).message);
-      this.fault = qe.message;
+      if (!qe.notReady) this.fault = qe.message;
       throw qe;
     }
   }
