@@ -46,6 +46,7 @@ prune(join(root, 'out'));
 const bundles = [
   ['core/cli/index.ts', 'dist/cli.js', { banner: { js: '#!/usr/bin/env node' } }],
   ['core/node/pumpWorker.ts', 'dist/pumpWorker.js'],
+  ['adapter/debugAdapter.ts', 'dist/adapter.js'],
 ];
 for (const [entry, outfile, extra] of bundles) {
   if (existsSync(join(root, entry))) await bundle(entry, outfile, extra);
