@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import type { Endpoint, EndpointMode } from '../core/node/workerProtocol';
 import type { DeviceType } from '../core/protocol/features';
+import { parseIpv4, parseMac } from '../core/backend/packets';
 
 export class ConfigError extends Error {}
 
@@ -17,7 +18,10 @@ export interface CommonOptions {
 
 export type SessionConfig = CommonOptions & (
   | { mode: 'proxy'; frontend: Endpoint; backend: Endpoint; capture?: string; maxSessions: number; socketMode?: number; socketGroup?: string }
-  | { mode: 'backend'; backendDevice: 'blk' | 'net'; socket: string; image?: string; readOnly: boolean; tap?: string; loopback: boolean; maxSessions: number }
+  | {
+    mode: 'backend'; backendDevice: 'blk' | 'net'; socket: string; connect: boolean; image?: string; readOnly: boolean; serial?: string;
+    tap?: string; loopback: boolean; ip?: string; mac?: string; queues?: number; maxSessions: number; socketMode?: number; socketGroup?: string;
+  }
   | { mode: 'replay'; capture: string }
 );
 
@@ -109,8 +113,27 @@ export function launchConfig(a: Args): SessionConfig {
     if (device === 'net' && !tap && !loopback) throw new ConfigError('a net back-end needs "tap": INTERFACE or "loopback": true');
     if (device === 'net' && tap && loopback) throw new ConfigError('a net back-end takes "tap" or "loopback", not both');
     if (device === 'net' && image) throw new ConfigError('"image" applies to a blk back-end');
+    if (image) {
+      let st: fs.Stats;
+      try { st = fs.statSync(image); } catch { throw new ConfigError(`image ${image} does not exist`); }
+      if (!st.isFile()) throw new ConfigError(`image ${image} is not a regular file`);
+      if (st.size < 512) throw new ConfigError(`image ${image} is smaller than one 512-byte sector`);
+    }
+    const ip = str(a, 'ip'), mac = str(a, 'mac');
+    if (device === 'blk' && (ip || mac)) throw new ConfigError('"ip" and "mac" apply to a net back-end in loopback');
+    if (tap && (ip || mac)) throw new ConfigError('"ip" and "mac" set the loopback responder (not used with "tap")');
+    try { if (ip) parseIpv4(ip); if (mac) parseMac(mac); } catch (e) { throw new ConfigError(`"${ip && !mac ? 'ip' : 'ip"/"mac'}": ${(e as Error).message}`); }
+    const queues = a.queues === undefined ? undefined : num(a, 'queues', 1, 1, 64);
+    if (queues !== undefined && !Number.isInteger(queues)) throw new ConfigError('"queues" must be a whole number');
+    if (tap && queues !== undefined && queues !== 1) throw new ConfigError('a "tap" back-end serves one queue pair');
+    const modeText = str(a, 'socketMode');
+    if (modeText !== undefined && !/^[0-7]{3,4}$/.test(modeText)) throw new ConfigError(`"socketMode" must be octal like "600" or "660", got "${modeText}"`);
     const { device: _d, ...rest } = common({ ...a, device: undefined });
-    return { ...rest, device, mode: 'backend', backendDevice: device, socket, image, readOnly: bool(a, 'readOnly'), tap, loopback, maxSessions: num(a, 'maxSessions', 1, 0, 1e9) };
+    return {
+      ...rest, device, mode: 'backend', backendDevice: device, socket, connect: bool(a, 'connect'), image, readOnly: bool(a, 'readOnly'), serial: str(a, 'serial'),
+      tap, loopback, ip, mac, queues, maxSessions: num(a, 'maxSessions', 1, 0, 1e9),
+      socketMode: modeText === undefined ? undefined : parseInt(modeText, 8), socketGroup: str(a, 'socketGroup'),
+    };
   }
   throw new ConfigError(`a launch configuration needs "mode": "backend" or "replay"${mode === undefined ? '' : `, got ${JSON.stringify(mode)}`} (use "request": "attach" for the proxy)`);
 }

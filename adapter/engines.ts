@@ -1,22 +1,22 @@
-// Builds the Engine a debug session hosts from its configuration: the proxy, a capture replay, or (once core/backend exists) a built-in back-end.
+// Builds the Engine a debug session hosts from its configuration: the proxy, a built-in back-end, or a capture replay.
 import { Proxy } from '../core/proxy/proxy';
 import { ReplayEngine } from '../core/proxy/replayEngine';
+import { Backend } from '../core/backend/backend';
 import type { Engine } from '../core/engine';
 import type { SessionConfig } from './config';
 
-export class EngineUnavailable extends Error {}
-
 export type BackendConfig = Extract<SessionConfig, { mode: 'backend' }>;
 
-/**
- * The built-in back-end engines (vhost-user-blk on an image file, vhost-user-net on a tap or in loopback).
- * They are being built in core/backend/; plug them in here: this function is the only place that changes.
- */
+/** The built-in back-end engines (core/backend): vhost-user-blk on a raw image, vhost-user-net on a TAP device or in loopback. */
 export function backendEngine(cfg: BackendConfig): Engine {
-  throw new EngineUnavailable(
-    `the built-in ${cfg.backendDevice} back-end is not available in this build yet (core/backend/ has no engine): ` +
-    'use "request": "attach" to debug a session between QEMU and an existing back-end, or "mode": "replay" for a capture',
-  );
+  const common = {
+    endpoint: { mode: cfg.connect ? 'connect' as const : 'listen' as const, path: cfg.socket },
+    socketMode: cfg.socketMode, socketGroup: cfg.socketGroup, maxSessions: cfg.maxSessions || undefined, notifiers: cfg.notifiers,
+  };
+  if (cfg.backendDevice === 'blk') {
+    return new Backend({ ...common, device: 'blk', blk: { image: cfg.image!, readonly: cfg.readOnly, numQueues: cfg.queues, serial: cfg.serial } });
+  }
+  return new Backend({ ...common, device: 'net', net: { mode: cfg.tap ? 'tap' : 'loopback', tap: cfg.tap, ip: cfg.ip, mac: cfg.mac, queuePairs: cfg.queues } });
 }
 
 export function createEngine(cfg: SessionConfig): Engine {

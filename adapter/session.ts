@@ -168,7 +168,7 @@ export class VhostDebugSession extends LoggingDebugSession {
           'Set function breakpoints on message names (SET_VRING_*) or enable message categories in the Breakpoints view.';
       }
       case 'replay': return `Vhost Lens replay of ${cfg.capture} (${REPLAY_NO_MEMORY}).`;
-      case 'backend': return `Vhost Lens ${cfg.backendDevice} back-end on ${cfg.socket}.`;
+      case 'backend': return `Vhost Lens built-in ${cfg.backendDevice} back-end (${cfg.backendDevice === 'blk' ? `image ${cfg.image}${cfg.readOnly ? ', read-only' : ''}` : cfg.tap ? `TAP ${cfg.tap}` : 'loopback'}), ${cfg.connect ? 'connecting to' : 'listening on'} ${cfg.socket}.`;
     }
   }
 

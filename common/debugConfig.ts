@@ -45,14 +45,25 @@ export interface BackendLaunchConfig extends Omit<CommonConfig, 'device'> {
   device: 'blk' | 'net';
   /** UNIX socket the back-end listens on (QEMU connects). */
   socket: string;
+  /** Connect to `socket` instead (QEMU listens: server=on). */
+  connect?: boolean;
+  /** Queues (blk) or queue pairs (net loopback). */
+  queues?: number;
   /** blk: raw image file. */
   image?: string;
   /** blk: export read-only. */
   readOnly?: boolean;
+  /** blk: GET_ID string (at most 20 bytes). */
+  serial?: string;
   /** net: tap interface name, or loopback (frames the guest sends come back to it). */
   tap?: string;
   loopback?: boolean;
+  /** net loopback: the responder's addresses (default 10.0.0.1, 52:54:00:00:00:01). */
+  ip?: string;
+  mac?: string;
   maxSessions?: number;
+  socketMode?: string;
+  socketGroup?: string;
 }
 
 /** Replay mode: step through a capture recorded by `vhost-lens proxy --capture FILE` (no guest memory). */
@@ -98,9 +109,16 @@ export const CONFIGURATION_ATTRIBUTES = {
       mode: { type: 'string', enum: ['backend', 'replay'], description: '"backend": Vhost Lens is the device; "replay": step through a capture file offline.' },
       device: { type: 'string', enum: ['blk', 'net', 'fs'], description: 'backend: the device to be (blk or net); replay: device type for decoding.' },
       socket: { type: 'string', description: 'backend: UNIX socket to listen on (QEMU connects).' },
+      connect: { type: 'boolean', default: false, description: 'backend: connect to "socket" instead (QEMU listens: server=on).' },
+      queues: { type: 'number', minimum: 1, maximum: 64, description: 'backend: queues (blk) or queue pairs (net loopback).' },
+      serial: { type: 'string', maxLength: 20, description: 'backend blk: GET_ID string.' },
+      ip: { type: 'string', description: 'backend net loopback: the responder\'s IPv4 address (default 10.0.0.1).' },
+      mac: { type: 'string', description: 'backend net loopback: the responder\'s MAC address (default 52:54:00:00:00:01).' },
+      socketMode: { type: 'string', default: '600', pattern: '^[0-7]{3,4}$', description: 'backend: mode of the listening socket (octal).' },
+      socketGroup: { type: 'string', description: 'backend: group of the listening socket.' },
       image: { type: 'string', description: 'backend blk: raw image file.' },
       readOnly: { type: 'boolean', default: false, description: 'backend blk: export read-only.' },
-      tap: { type: 'string', description: 'backend net: tap interface.' },
+      tap: { type: 'string', description: 'backend net: TAP interface (created if absent; needs CAP_NET_ADMIN).' },
       loopback: { type: 'boolean', default: false, description: 'backend net: send the guest\'s frames back to it.' },
       capture: { type: 'string', description: 'replay: capture file recorded by `vhost-lens proxy --capture FILE` or an attach configuration.' },
       maxSessions: { type: 'number', default: 1, minimum: 0, description: 'backend: end after this many sessions (0 = keep serving).' },

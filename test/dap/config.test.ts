@@ -7,7 +7,6 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { attachConfig, launchConfig, ConfigError } from '../../adapter/config';
 import { CONFIGURATION_ATTRIBUTES, CONFIGURATION_SNIPPETS } from '../../common/debugConfig';
-import { backendEngine, createEngine, EngineUnavailable } from '../../adapter/engines';
 
 test('attach: [listen:|connect:]PATH with the CLI defaults (front-end listens, back-end connects)', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vl-cfg-'));
@@ -44,38 +43,49 @@ test('attach errors', () => {
   assert.throws(() => attachConfig({ frontend: 'listen:/tmp/a', backend: 'listen:/tmp/a' }), /cannot listen on the same path/);
 });
 
-test('launch: replay and back-end configurations', () => {
+test('launch: replay and back-end configurations', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vl-cfg-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, Buffer.alloc(4096));
   const r = launchConfig({ mode: 'replay', capture: '/tmp/x.vlcap', stopOnEntry: true });
   assert.equal(r.mode, 'replay');
   assert.equal(r.stopOnEntry, true);
-  const b = launchConfig({ mode: 'backend', device: 'blk', socket: '/tmp/blk.sock', image: '/tmp/disk.img' });
+  const b = launchConfig({ mode: 'backend', device: 'blk', socket: '/tmp/blk.sock', image: img, queues: 2, socketMode: '660' });
   assert.equal(b.mode, 'backend');
-  const n = launchConfig({ mode: 'backend', device: 'net', socket: '/tmp/net.sock', loopback: true });
+  if (b.mode === 'backend') {
+    assert.equal(b.device, 'blk', 'the device type names and decodes the session');
+    assert.equal(b.queues, 2);
+    assert.equal(b.socketMode, 0o660);
+    assert.equal(b.connect, false);
+  }
+  const n = launchConfig({ mode: 'backend', device: 'net', socket: '/tmp/net.sock', loopback: true, ip: '10.0.0.9', mac: '52:54:00:00:00:09' });
   assert.equal(n.mode === 'backend' && n.loopback, true);
   assert.throws(() => launchConfig({ mode: 'replay' }), /needs "capture"/);
   assert.throws(() => launchConfig({}), /needs "mode": "backend" or "replay"/);
   assert.throws(() => launchConfig({ mode: 'proxy' }), /use "request": "attach" for the proxy/);
   assert.throws(() => launchConfig({ mode: 'backend', device: 'fs', socket: '/s' }), /"device": "blk" or "net"/);
   assert.throws(() => launchConfig({ mode: 'backend', device: 'blk', socket: '/s' }), /blk back-end needs "image"/);
+  assert.throws(() => launchConfig({ mode: 'backend', device: 'blk', socket: '/s', image: '/nonexistent.img' }), /image \/nonexistent.img does not exist/);
+  assert.throws(() => launchConfig({ mode: 'backend', device: 'blk', socket: '/s', image: dir }), /is not a regular file/);
   assert.throws(() => launchConfig({ mode: 'backend', device: 'net', socket: '/s' }), /"tap": INTERFACE or "loopback": true/);
   assert.throws(() => launchConfig({ mode: 'backend', device: 'net', socket: '/s', tap: 'tap0', loopback: true }), /not both/);
-  assert.throws(() => launchConfig({ mode: 'backend', device: 'blk', image: '/i' }), /needs "socket"/);
-  assert.throws(() => launchConfig({ mode: 'backend', device: 'blk', socket: '/s', image: '/i', tap: 'tap0' }), ConfigError);
+  assert.throws(() => launchConfig({ mode: 'backend', device: 'net', socket: '/s', loopback: true, ip: '10.0.0' }), ConfigError);
+  assert.throws(() => launchConfig({ mode: 'backend', device: 'net', socket: '/s', tap: 'tap0', queues: 2 }), /one queue pair/);
+  assert.throws(() => launchConfig({ mode: 'backend', device: 'blk', image: img }), /needs "socket"/);
+  assert.throws(() => launchConfig({ mode: 'backend', device: 'blk', socket: '/s', image: img, tap: 'tap0' }), ConfigError);
 });
 
-test('back-end mode is one function to plug an Engine into; until then a clear error', () => {
-  const cfg = launchConfig({ mode: 'backend', device: 'blk', socket: '/tmp/blk.sock', image: '/tmp/disk.img' });
-  assert.throws(() => createEngine(cfg), (e: Error) => e instanceof EngineUnavailable && /built-in blk back-end is not available/.test(e.message));
-  if (cfg.mode === 'backend') assert.throws(() => backendEngine(cfg), EngineUnavailable);
-});
-
-test('the package.json schema names every option the validator reads, and the snippets validate', () => {
+test('the package.json schema names every option the validator reads, and the snippets validate', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vl-cfg-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'disk.img'), Buffer.alloc(4096));
   const attach = Object.keys(CONFIGURATION_ATTRIBUTES.attach.properties);
   for (const k of ['frontend', 'backend', 'rings', 'notifiers', 'stopOnEntry', 'autoContinueSeconds', 'capture', 'maxSessions', 'wait']) assert.ok(attach.includes(k), k);
   const launch = Object.keys(CONFIGURATION_ATTRIBUTES.launch.properties);
-  for (const k of ['mode', 'device', 'socket', 'image', 'tap', 'loopback', 'capture', 'rings', 'stopOnEntry', 'autoContinueSeconds']) assert.ok(launch.includes(k), k);
+  for (const k of ['mode', 'device', 'socket', 'connect', 'queues', 'serial', 'ip', 'mac', 'image', 'readOnly', 'tap', 'loopback', 'capture', 'rings', 'stopOnEntry', 'autoContinueSeconds']) assert.ok(launch.includes(k), k);
   for (const s of CONFIGURATION_SNIPPETS) {
-    const body = JSON.parse(JSON.stringify(s.body).replace(/\$\{workspaceFolder\}/g, '/tmp')) as Record<string, unknown>;
+    const body = JSON.parse(JSON.stringify(s.body).replace(/\$\{workspaceFolder\}/g, dir)) as Record<string, unknown>;
     if (body.request === 'attach') assert.equal(attachConfig({ ...body, wait: true }).mode, 'proxy');
     else assert.ok(launchConfig(body).mode);
   }

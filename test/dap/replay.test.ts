@@ -204,7 +204,7 @@ test('configuration errors are answered clearly; disconnect ends the adapter pro
   const d = await Dap.start(t);
   await assert.rejects(d.dc.launchRequest({ mode: 'replay' } as DebugProtocol.LaunchRequestArguments), /needs "capture"/);
   await assert.rejects(d.dc.launchRequest({ mode: 'replay', capture: '/nonexistent.vlcap' } as DebugProtocol.LaunchRequestArguments), /cannot replay \/nonexistent.vlcap: ENOENT/);
-  await assert.rejects(d.dc.launchRequest({ mode: 'backend', device: 'blk', socket: '/tmp/x.sock', image: '/tmp/x.img' } as DebugProtocol.LaunchRequestArguments), /built-in blk back-end is not available in this build yet/);
+  await assert.rejects(d.dc.launchRequest({ mode: 'backend', device: 'blk', socket: '/tmp/x.sock', image: '/nonexistent/x.img' } as DebugProtocol.LaunchRequestArguments), /image \/nonexistent\/x.img does not exist/);
   await assert.rejects(d.dc.attachRequest({ frontend: '/tmp/vl-fe.sock', backend: '/nonexistent/be.sock' } as DebugProtocol.AttachRequestArguments), /back-end socket \/nonexistent\/be.sock does not exist/);
   const bp = await d.dc.setBreakpointsRequest({ source: { path: '/tmp/x.c' }, breakpoints: [{ line: 3 }] });
   assert.equal(bp.body.breakpoints[0].verified, false);
