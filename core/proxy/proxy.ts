@@ -36,7 +36,13 @@ export class Proxy extends EventEmitter<{ event: [EngineEvent] }> implements Eng
     this.host = new PumpHost('relay', relay, native);
     this.host.on('event', (e: WorkerEvent) => {
       if (e.kind === 'stopped') this.workerFinal = { ledger: e.ledger, violations: e.violations };
-      this.capture?.write(e);
+      if (this.capture) {
+        try { this.capture.write(e); } catch (err) {
+          // A full disk stops the capture, never the session.
+          this.capture = undefined;
+          this.tracker.handle({ kind: 'error', where: 'capture', message: `capture stopped: ${(err as Error).message}` });
+        }
+      }
       this.tracker.handle(e);
     });
   }

@@ -82,10 +82,17 @@ export interface RingObserverOptions {
   captures?: boolean;
 }
 
-export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
+export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Error] }> {
   private readonly memories = new Map<number, RegionMemory>();
   private readonly watches = new Map<string, Watch>();
-  private readonly onEvent = (e: EngineEvent): void => this.handle(e);
+  private readonly onEvent = (e: EngineEvent): void => {
+    try { this.handle(e); } catch (err) { this.emit('fault', err as Error); }
+  };
+
+  /** Ring events to listeners; a listener's fault is reported on 'fault', never thrown into the engine. */
+  private send(e: RingEvent): void {
+    try { this.emit('ring', e); } catch (err) { this.emit('fault', err as Error); }
+  }
 
   constructor(private readonly engine: Engine, private readonly opts: RingObserverOptions) {
     super();
@@ -138,7 +145,7 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
     const mem = capturedMemory(cap.bytes);
     const ctx = { device: s?.state.device ?? 'unknown', features: s?.state.features.acked } as const;
     const chains = cap.chains.map((c) => chainView(c, decodePayload(mem, c, cap.vring, ctx)));
-    this.emit('ring', {
+    this.send({
       kind: 'ring', session, vring: cap.vring, time: cap.time, availIdx: cap.availIdx, usedIdx: cap.usedIdx,
       chains, errors: cap.note ? [cap.note] : [], source: cap.at,
     });
@@ -159,7 +166,7 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
     if (!key) return;
     let cfg;
     try { cfg = ringConfigFromVring(v, s.state.features.acked); } catch (err) {
-      this.emit('ring', { kind: 'ring', session: s.state.id, vring: v.index, time: Date.now() * 1000, chains: [], errors: [(err as Error).message], source: 'poll' });
+      this.send({ kind: 'ring', session: s.state.id, vring: v.index, time: Date.now() * 1000, chains: [], errors: [(err as Error).message], source: 'poll' });
       return;
     }
     const watcher = new RingWatcher({
@@ -209,7 +216,7 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent] }> {
     const chainErrors = new Set(p.chains.flatMap((c) => (c.error ? [c.error] : [])));
     p.chains = chains;
     p.errors = [...new Set(p.errors)].filter((e) => ![...chainErrors].some((ce) => ce.includes(e) || e.includes(ce.replace(/^recycled[^:]*: /, ''))));
-    if (p.chains.length || p.errors.length || p.resync) this.emit('ring', p);
+    if (p.chains.length || p.errors.length || p.resync) this.send(p);
   }
 
   private dropSession(session: number): void {

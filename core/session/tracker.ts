@@ -55,6 +55,19 @@ export class SessionTracker extends EventEmitter<{ event: [EngineEvent] }> {
     return s;
   }
 
+  /**
+   * Emit to listeners; a listener's fault (a printer, a view) is reported as an error event and never reaches the
+   * relay's message handler: the session being watched must not die of it.
+   */
+  private send(e: EngineEvent): void {
+    try {
+      this.emit('event', e);
+    } catch (err) {
+      if (e.kind === 'error') return;
+      try { this.emit('event', { kind: 'error', where: `${e.kind} listener`, message: (err as Error).stack ?? String(err) }); } catch { /* give up quietly */ }
+    }
+  }
+
   /** Decode a held message for display and breakpoint conditions, without changing any state. */
   preview(rec: WireRecord): SessionMessage {
     const s = this.session(rec.session);
@@ -63,40 +76,49 @@ export class SessionTracker extends EventEmitter<{ event: [EngineEvent] }> {
   }
 
   handle(e: WorkerEvent): void {
+    try {
+      this.dispatch(e);
+    } catch (err) {
+      // State tracking must never take the process (and the session it relays) down.
+      this.send({ kind: 'error', where: 'session tracking', message: (err as Error).stack ?? String(err) });
+    }
+  }
+
+  private dispatch(e: WorkerEvent): void {
     switch (e.kind) {
       case 'listening': case 'connection': case 'notify': case 'error': case 'ringcapture':
-        this.emit('event', e);
+        this.send(e);
         return;
       case 'session': {
         if (e.event === 'start') {
           this.session(e.session);
-          this.emit('event', { kind: 'session', session: e.session, event: 'start' });
+          this.send({ kind: 'session', session: e.session, event: 'start' });
           return;
         }
         const s = this.sessions.get(e.session);
         const summary = s ? this.summary(s) : undefined;
         if (s && !this.opts.keepEnded) s.close();
-        this.emit('event', { kind: 'session', session: e.session, event: 'end', reason: e.reason, summary });
+        this.send({ kind: 'session', session: e.session, event: 'end', reason: e.reason, summary });
         return;
       }
       case 'channel': {
         const s = this.sessions.get(e.session);
         if (s && e.event === 'closed') s.markBackendChannelClosed();
-        this.emit('event', e);
+        this.send(e);
         return;
       }
       case 'message': {
         for (const fd of e.rec.kept ?? []) this.opts.adopt?.(fd);
         const s = this.session(e.rec.session);
         const { msg, changes } = s.ingest(e.rec);
-        this.emit('event', { kind: 'message', msg, changes, state: s.state });
+        this.send({ kind: 'message', msg, changes, state: s.state });
         return;
       }
       case 'held':
-        this.emit('event', { kind: 'held', holdId: e.rec.held!, msg: this.preview(e.rec) });
+        this.send({ kind: 'held', holdId: e.rec.held!, msg: this.preview(e.rec) });
         return;
       case 'stopped':
-        this.emit('event', { kind: 'stopped' });
+        this.send({ kind: 'stopped' });
         return;
       default:
         return;

@@ -327,3 +327,21 @@ test('no fd leaks over many sessions carrying memory, kick and back-end channel 
   assert.equal(native.ledger.count, hostBefore, 'host thread released every kept memory fd');
   assert.equal(openFdCount(), before, 'no fd leaked in the process');
 });
+
+test('a listener that throws (a broken printer or view) is reported and never stops the relay', async () => {
+  const r = await rig();
+  let thrown = 0;
+  r.proxy.on('event', (e) => { if (e.kind === 'message') { thrown++; throw new Error('view bug'); } });
+  const { fe, be } = await pair(r);
+  for (let i = 0; i < 5; i++) {
+    fe.send({ channel: 'main', code: 1 });
+    assert.equal((await be.recv()).header.request, 1);
+    be.send({ channel: 'main', code: 1, reply: true, payload: { features: BigInt(i) } });
+    assert.equal((await fe.recv()).header.reply, true);
+  }
+  await until(() => thrown >= 10, 'every message reached the throwing listener');
+  assert.ok(r.events.some((e) => e.kind === 'error' && /view bug/.test(e.message)), 'the fault is reported as an error event');
+  fe.close();
+  be.close();
+  await finish(r);
+});
