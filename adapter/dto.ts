@@ -65,7 +65,7 @@ export function ringEventDto(e: RingEvent): RingEventDto {
   return {
     session: e.session, vring: e.vring, time: e.time, ...(e.availIdx !== undefined ? { availIdx: e.availIdx } : {}),
     ...(e.usedIdx !== undefined ? { usedIdx: e.usedIdx } : {}), chains: e.chains.map(chainDto), errors: e.errors,
-    ...(e.resync ? { resync: e.resync } : {}),
+    ...(e.resync ? { resync: e.resync } : {}), source: e.source,
   };
 }
 

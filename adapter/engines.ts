@@ -25,6 +25,8 @@ export function createEngine(cfg: SessionConfig): Engine {
       return new Proxy({
         frontend: cfg.frontend, backend: cfg.backend, device: cfg.device, capture: cfg.capture, notifiers: cfg.notifiers,
         socketMode: cfg.socketMode, socketGroup: cfg.socketGroup, maxSessions: cfg.maxSessions || undefined,
+        // With both, the relay walks split rings at each kick and call before relaying it (exact ring events).
+        ringCapture: cfg.rings && cfg.notifiers,
       });
     case 'replay':
       return new ReplayEngine({ capture: cfg.capture, device: cfg.device });

@@ -138,7 +138,8 @@ export class VhostDebugSession extends LoggingDebugSession {
     this.step = cfg.stopOnEntry ? 'entry' : 'none';
     engine.on('event', (e) => { try { this.onEngineEvent(e); } catch (err) { this.out(`internal error handling ${e.kind}: ${(err as Error).stack ?? err}`, 'stderr'); } });
     if (cfg.mode !== 'replay') {
-      this.rings = new RingObserver(engine, { pollHz: cfg.rings ? cfg.pollHz : 0 });
+      // With notifiers interposed the relay captures split rings exactly at each kick and call (no polling race).
+      this.rings = new RingObserver(engine, { pollHz: cfg.rings ? cfg.pollHz : 0, captures: cfg.rings && cfg.notifiers && cfg.mode === 'proxy' });
       this.rings.on('ring', (e) => this.onRing(e));
     }
     this.applyGate();
@@ -272,6 +273,7 @@ export class VhostDebugSession extends LoggingDebugSession {
   }
 
   private onRing(e: RingEvent): void {
+    if (this.ended) return;
     const dto = ringEventDto(e);
     const text = ringText(dto);
     const phase = this.activity(e.session);

@@ -134,6 +134,8 @@ export interface RingEventDto {
   chains: ChainDto[];
   errors: string[];
   resync?: string;
+  /** Seen by polling, or captured by the relay exactly at a kick or call (`rings` with `notifiers`). */
+  source: 'poll' | 'kick' | 'call';
 }
 
 /** Notifier counts of one eventfd interposed by the proxy (`notifiers: true`). */
