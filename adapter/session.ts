@@ -141,6 +141,7 @@ export class VhostDebugSession extends LoggingDebugSession {
       // With notifiers interposed the relay captures split rings exactly at each kick and call (no polling race).
       this.rings = new RingObserver(engine, { pollHz: cfg.rings ? cfg.pollHz : 0, captures: cfg.rings && cfg.notifiers && cfg.mode === 'proxy' });
       this.rings.on('ring', (e) => this.onRing(e));
+      this.rings.on('fault', (err) => this.out(`ring observer: ${err.message}`, 'stderr'));
     }
     this.applyGate();
     try {

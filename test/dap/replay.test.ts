@@ -117,6 +117,15 @@ test('replay: function breakpoint holds SET_VRING_KICK; Variables show index and
     await assert.rejects(d.evaluate('mem 0x1000 16'), /not available in replay/);
     await assert.rejects(d.dc.customRequest('readMemory', { memoryReference: 'gpa:0x1000', count: 16 }), /not available in replay/);
     await assert.rejects(d.evaluate('index =='), /type "help" for the commands/);
+    assert.match((await d.evaluate('state')).result, /^session 1, device blk, \d+ messages; stopped \(function breakpoint\): SET_VRING_KICK/);
+    assert.match((await d.evaluate('regions')).result, /^\[0\] gpa 0x0 \+ 256M \(uva 0x7efc03fff000, offset 0x0, memfd:\)/);
+    assert.match((await d.evaluate('notifiers')).result, /no notifier counts/);
+    assert.equal((await d.evaluate('timeline 1')).result.split('\n').length, 1);
+    const msgEval = await d.evaluate('message');
+    assert.equal(msgEval.result, 'SET_VRING_KICK (12) front-end → back-end #19 (held)');
+    assert.ok(msgEval.variablesReference > 0);
+    const completions = await d.dc.completionsRequest({ text: 'vr', column: 3 });
+    assert.deepEqual(completions.body.targets.map((x) => x.label), ['vring']);
 
     const state = await d.custom('vhostLens/state', {});
     assert.equal(state.mode, 'replay');
