@@ -7,7 +7,17 @@ import * as path from 'node:path';
 import { createRawImage, ensureGuestImage, PeerSet, requireBinary, requireTestpmd } from '../core/peers';
 
 const CLI = path.join(__dirname, '..', '..', 'dist', 'cli.js');
-const RTT_CLIENT = path.join(__dirname, 'rttClient.js');
+const C_CLIENT_SRC = path.join(__dirname, '..', '..', 'bench', 'c', 'rttclient.c');
+
+/** The C benchmark client, compiled once (gcc is on every machine of this project's kind). */
+function cClient(): string {
+  const out = path.join(__dirname, 'rttclient');
+  if (!fs.existsSync(out) || fs.statSync(out).mtimeMs < fs.statSync(C_CLIENT_SRC).mtimeMs) {
+    const r = spawnSync('gcc', ['-O2', '-o', out, C_CLIENT_SRC], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`cannot build the C benchmark client: ${r.stderr || r.error}`);
+  }
+  return out;
+}
 
 const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 const pct = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(s.length * p))]; };
@@ -37,7 +47,7 @@ async function stopProxy(p: ChildProcess): Promise<void> {
 
 interface Rtt { p50: number; p99: number; pipelinedPerSec: number }
 function rttOnce(sock: string, rounds: number, pipelined: number): Rtt {
-  const r = spawnSync(process.execPath, [RTT_CLIENT, sock, String(rounds), String(pipelined)], { encoding: 'utf8' });
+  const r = spawnSync(cClient(), [sock, String(rounds), String(pipelined)], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`rtt client failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!);
 }
