@@ -1,5 +1,7 @@
 // Device-side guest memory for the built-in back-ends: bounds-checked pread/pwrite on region fds, Number addresses, no mmap.
 import * as fs from 'node:fs';
+import type { RemoteCopier } from '../sys/native';
+import { regionMappedBy, parseMaps } from './remote';
 
 /** One region of the front-end's memory table, as the device keeps it (addresses below 2^53, else refused). */
 export interface DeviceRegion {
@@ -42,6 +44,35 @@ export class DeviceMemory {
   generation = 0;
   reads = 0;
   writes = 0;
+  /** Copies done through the front-end's address space, and attempts that fell back to the fds. */
+  remoteOps = 0;
+  remoteFallbacks = 0;
+  private remote?: { pid: number; copier: RemoteCopier };
+  private remoteOk: boolean[] = [];
+  private uvaScratch: number[] = [];
+  private segA: number[] = [];
+  private segL: number[] = [];
+
+  /**
+   * Copy through the front-end's own mapping of guest memory (process_vm_readv/writev, one call for a whole
+   * scatter list) wherever /proc/PID/maps proves the mapping is the region's file at its offset.
+   */
+  enableRemote(pid: number, copier: RemoteCopier): void {
+    this.remote = { pid, copier };
+    this.reverify();
+  }
+
+  /** The staging buffer: reads into it and writes from it may take the one-call path. */
+  get staging(): Buffer | undefined { return this.remote?.copier.staging; }
+  /** How many regions the fast path covers. */
+  get remoteRegions(): number { return this.remoteOk.filter(Boolean).length; }
+
+  private reverify(): void {
+    if (!this.remote) return;
+    let maps;
+    try { maps = parseMaps(fs.readFileSync(`/proc/${this.remote.pid}/maps`, 'utf8')); } catch { this.remoteOk = this.regions.map(() => false); return; }
+    this.remoteOk = this.regions.map((r) => regionMappedBy(this.remote!.pid, r, maps));
+  }
 
   get list(): readonly DeviceRegion[] { return this.regions; }
   get empty(): boolean { return this.regions.length === 0; }
@@ -56,6 +87,7 @@ export class DeviceMemory {
     this.regions = regions.slice();
     this.last = 0;
     this.generation++;
+    this.reverify();
   }
 
   add(r: DeviceRegion): void { this.set([...this.regions, r]); }
@@ -67,12 +99,14 @@ export class DeviceMemory {
     const [r] = this.regions.splice(i, 1);
     this.last = 0;
     this.generation++;
+    this.reverify();
     return r;
   }
 
   clear(): DeviceRegion[] {
     const old = this.regions;
     this.regions = [];
+    this.remoteOk = [];
     this.generation++;
     return old;
   }
@@ -111,6 +145,38 @@ export class DeviceMemory {
       cur += avail;
     }
     return 'access runs past the end of its memory region';
+  }
+
+  /** Gather segments (guest-physical address, length) into dst[dstOff..], contiguously. Throws DeviceMemoryError. */
+  readSegs(addrs: ArrayLike<number>, lens: ArrayLike<number>, count: number, dst: Uint8Array, dstOff: number): void {
+    if (this.remote && dst === this.remote.copier.staging && count > 1 && this.remoteCopy(false, addrs, lens, count, dstOff)) return;
+    for (let i = 0, off = dstOff; i < count; off += lens[i], i++) this.read(addrs[i], dst, off, lens[i]);
+  }
+
+  /** Scatter src[srcOff..] over segments. Throws DeviceMemoryError. */
+  writeSegs(addrs: ArrayLike<number>, lens: ArrayLike<number>, count: number, src: Uint8Array, srcOff: number): void {
+    if (this.remote && src === this.remote.copier.staging && count > 1 && this.remoteCopy(true, addrs, lens, count, srcOff)) return;
+    for (let i = 0, off = srcOff; i < count; off += lens[i], i++) this.write(addrs[i], src, off, lens[i]);
+  }
+
+  /** Segment scratch lists for callers that build a scatter list (reused: valid until the next call). */
+  segs(): { addrs: number[]; lens: number[] } { this.segA.length = 0; this.segL.length = 0; return { addrs: this.segA, lens: this.segL }; }
+
+  private remoteCopy(write: boolean, addrs: ArrayLike<number>, lens: ArrayLike<number>, count: number, off: number): boolean {
+    const uvas = this.uvaScratch;
+    uvas.length = count;
+    let total = 0;
+    for (let i = 0; i < count; i++) {
+      const a = addrs[i], l = lens[i];
+      const r = this.find(a);
+      if (!r || !this.remoteOk[this.last] || a + l > r.gpa + r.size) return false;
+      uvas[i] = r.uva + (a - r.gpa);
+      total += l;
+    }
+    const n = this.remote!.copier.copy(write, uvas, lens, count, off);
+    if (n === total) { this.remoteOps++; return true; }
+    this.remoteFallbacks++;
+    return false;
   }
 
   read(gpa: number, dst: Uint8Array, dstOff: number, len: number): void {

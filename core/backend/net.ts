@@ -4,7 +4,7 @@ import { PROTOCOL_BIT } from '../protocol/features';
 import { EPOLLIN, type Native } from '../sys/native';
 import type { EventPump } from '../node/pump';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bit, has, type Device, type DeviceContext } from './device';
-import { fence, readChain, writeChain, Chain, type VirtQueue } from './virtqueue';
+import { fence, readChain, writeChain, type Chain, type VirtQueue } from './virtqueue';
 import { Responder, parseIpv4, parseMac, rarpFrame, macText } from './packets';
 
 export const NET_F = { CSUM: 0, MTU: 3, MAC: 5, MRG_RXBUF: 15, STATUS: 16, CTRL_VQ: 17, GUEST_ANNOUNCE: 21, MQ: 22 } as const;
@@ -53,6 +53,12 @@ export class NetDevice implements Device {
   private tapPaused = false;
   private tapBuf = Buffer.alloc(0);
   private readonly hold: Chain[] = [];
+  private readonly txA: number[] = [];
+  private readonly txL: number[] = [];
+  private readonly txPlan: number[] = [];
+  private readonly rxA: number[] = [];
+  private readonly rxL: number[] = [];
+  private rxOff = 0;
 
   constructor(readonly opts: NetOptions, private readonly native: Native, private readonly pump: EventPump) {
     const pairs = opts.queuePairs ?? 1;
@@ -136,12 +142,26 @@ export class NetDevice implements Device {
     const ctx = this.ctx!;
     const hdr = this.hdrLen;
     const r = q.drain((chains) => {
+      // One gather for the whole batch into the first half of the staging area (one process_vm_readv when the
+      // fast path is on); chains that do not fit, or without staging, are read one by one.
+      const staging = ctx.mem.staging;
+      const room = staging ? staging.length >> 1 : 0;
+      const A = this.txA, L = this.txL, P = this.txPlan;
+      A.length = 0; L.length = 0; P.length = 0;
+      let off = 0;
       for (const c of chains) {
         if (c.error) { this.bad(q, c, c.error); q.push(c.head, 0); continue; }
         const total = c.readable;
         if (total < hdr + 14 || total > hdr + MAX_FRAME) {
           this.bad(q, c, `TX chain of ${total} readable bytes (header ${hdr} + frame of 14..${MAX_FRAME})`);
           q.push(c.head, 0);
+          continue;
+        }
+        if (staging && off + total <= room) {
+          const why = this.readableSegs(c, A, L);
+          if (why) { this.bad(q, c, why); q.push(c.head, 0); continue; }
+          P.push(c.head, off, total);
+          off += total;
           continue;
         }
         const buf = Buffer.allocUnsafe(total);
@@ -153,15 +173,75 @@ export class NetDevice implements Device {
           continue;
         }
         q.push(c.head, 0);
-        this.counters.txFrames++;
-        this.counters.txBytes += total - hdr;
-        buf.fill(0, 0, hdr);
-        this.out(pair, buf);
+        this.sent(pair, buf, total);
+      }
+      if (P.length) {
+        ctx.mem.readSegs(A, L, A.length, staging!, 0);
+        for (let i = 0; i < P.length; i += 3) {
+          const buf = Buffer.allocUnsafe(P[i + 2]);
+          staging!.copy(buf, 0, P[i + 1], P[i + 1] + P[i + 2]);
+          q.push(P[i], 0);
+          this.sent(pair, buf, P[i + 2]);
+        }
       }
       this.fillRx(pair);
       return true;
     }, 64, this.opts.pollUs ?? 0, TX_SLICE_US);
     if (r.yielded) ctx.rerun(q);
+  }
+
+  private sent(pair: number, buf: Buffer, total: number): void {
+    this.counters.txFrames++;
+    this.counters.txBytes += total - this.hdrLen;
+    buf.fill(0, 0, this.hdrLen);
+    this.out(pair, buf);
+  }
+
+  /** Append a chain's readable buffers to a scatter list after checking them; returns why not, if not. */
+  private readableSegs(c: Chain, A: number[], L: number[]): string | undefined {
+    const n0 = A.length;
+    for (let i = 0; i < c.n && !c.write[i]; i++) {
+      const a = c.addr[i], l = c.len[i];
+      if (l === 0) continue;
+      const why = Number.isNaN(a) ? 'buffer address beyond guest memory' : this.ctx!.mem.check(a, l);
+      if (why) { A.length = n0; L.length = n0; return `buffer ${i} (0x${a.toString(16)}+${l}): ${why}`; }
+      A.push(a); L.push(l);
+    }
+    return undefined;
+  }
+
+  /** Queue a frame's bytes for the chain's writable buffers (batched scatter), or write them now. */
+  private stageRx(c: Chain, buf: Buffer): string | undefined {
+    const mem = this.ctx!.mem;
+    const staging = mem.staging;
+    const base = staging ? staging.length >> 1 : 0;
+    if (!staging || this.rxOff + buf.length > staging.length - base) {
+      writeChain(mem, c, 0, buf, 0, buf.length);
+      return undefined;
+    }
+    const n0 = this.rxA.length;
+    let left = buf.length;
+    for (let i = 0; i < c.n && left > 0; i++) {
+      if (!c.write[i] || c.len[i] === 0) continue;
+      const a = c.addr[i], l = Math.min(c.len[i], left);
+      const why = Number.isNaN(a) ? 'buffer address beyond guest memory' : mem.check(a, l);
+      if (why) { this.rxA.length = n0; this.rxL.length = n0; return `RX buffer ${i} (0x${a.toString(16)}+${l}): ${why}`; }
+      this.rxA.push(a); this.rxL.push(l);
+      left -= l;
+    }
+    buf.copy(staging, base + this.rxOff);
+    this.rxOff += buf.length;
+    return undefined;
+  }
+
+  /** Write every staged RX frame (one process_vm_writev on the fast path). */
+  private flushRxStage(): void {
+    if (!this.rxA.length) return;
+    const mem = this.ctx!.mem;
+    const staging = mem.staging!;
+    try { mem.writeSegs(this.rxA, this.rxL, this.rxA.length, staging, staging.length >> 1); } finally {
+      this.rxA.length = 0; this.rxL.length = 0; this.rxOff = 0;
+    }
   }
 
   /** A frame leaves the guest (header room in front, zeroed). */
@@ -235,7 +315,8 @@ export class NetDevice implements Device {
             continue;
           }
           if (hdr === 12) buf.writeUInt16LE(1, 10);
-          writeChain(ctx!.mem, c, 0, buf, 0, buf.length);
+          const why = this.stageRx(c, buf);
+          if (why) { this.bad(q, c, why); q.push(c.head, 0); continue; }
           q.push(c.head, buf.length);
         } else {
           // Several buffers for one frame: copy the chains (the pool is reused by the next pop).
@@ -244,7 +325,7 @@ export class NetDevice implements Device {
           let room = 0, badInFrame = false;
           while (c && room < buf.length) {
             if (c.error || c.writable === 0) { this.bad(q, c, c.error ?? 'RX chain without writable bytes'); q.push(c.head, 0); badInFrame = true; }
-            else { held.push(cloneChain(c)); room += c.writable; }
+            else { held.push(c.clone()); room += c.writable; }
             if (room >= buf.length) break;
             c = next();
           }
@@ -282,6 +363,7 @@ export class NetDevice implements Device {
       sent = Math.min(pend.length, sent + 1);
     } finally {
       if (bi < batch.length) q.unpop(batch.length - bi);
+      try { this.flushRxStage(); } catch (e) { this.ctx?.report(`vring ${q.index} RX: ${(e as Error).message}`); }
       q.flush();
       if (sent) pend.splice(0, sent);
     }
@@ -321,12 +403,4 @@ export class NetDevice implements Device {
     this.counters.bad++;
     this.ctx?.report(`vring ${q.index} ${q.index & 1 ? 'TX' : 'RX'} chain ${c.head}: ${why}`);
   }
-}
-
-function cloneChain(c: Chain): Chain {
-  const d = new Chain();
-  d.reset(c.head);
-  for (let i = 0; i < c.n; i++) { d.addr.push(c.addr[i]); d.len.push(c.len[i]); d.write.push(c.write[i]); }
-  d.n = c.n; d.readable = c.readable; d.writable = c.writable; d.error = c.error;
-  return d;
 }

@@ -7,7 +7,7 @@ import { specFor } from '../protocol/table';
 import { type Endpoint, type WorkerEvent, type WorkerCommand, type WireRecord, gateKey, nowMicros } from '../node/workerProtocol';
 import { BlkDevice, type BlkOptions } from './blk';
 import { NetDevice, type NetOptions } from './net';
-import { VhostSession } from './vhost';
+import { VhostSession, type VmCopy } from './vhost';
 import type { Device } from './device';
 
 export interface BackendOptions {
@@ -25,6 +25,8 @@ export interface BackendOptions {
   notifyIntervalMs?: number;
   /** Connect mode: how often to retry while the front-end's socket is absent or refuses (ms, default 200). */
   retryMs?: number;
+  /** Guest memory copies through the front-end's mapping (process_vm_readv/writev) where provably safe; default auto. */
+  vmCopy?: VmCopy;
 }
 
 const RETRYABLE = new Set(['ENOENT', 'ECONNREFUSED', 'EAGAIN']);
@@ -187,7 +189,7 @@ export class BackendProgram {
     s.vhost = new VhostSession(this.native, this.pump, device, {
       report: (m) => this.report(s, m),
       kicked: (vring, count) => this.countNotify(s, s.kicks, vring, 1, count),
-    });
+    }, { peerPid: this.native.peerPid?.(fd), vmCopy: this.opts.vmCopy });
     this.pump.watch(fd, this.events(s), (ev) => this.onEvent(ev));
   }
 

@@ -12,6 +12,18 @@ import { VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_
 /** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks, then adds regions one by one). */
 export const MAX_MEM_SLOTS = 32;
 
+/** Staging area of the one-call copy path (largest gather/scatter a device does at once). */
+export const STAGING_BYTES = 4 << 20;
+
+export type VmCopy = 'auto' | 'off' | 'require';
+
+export interface VhostSessionOptions {
+  /** Pid of the front-end (SO_PEERCRED), for the process_vm_readv/writev copy path. */
+  peerPid?: number;
+  /** auto: use the one-call path where /proc/PID/maps proves it safe; off: pread/pwrite only; require: report when it cannot be used. */
+  vmCopy?: VmCopy;
+}
+
 export interface VhostHooks {
   /** A problem caused by the front-end or the guest (the session goes on). */
   report(message: string): void;
@@ -35,8 +47,15 @@ export class VhostSession {
   private readonly eight = Buffer.alloc(8);
   private closed = false;
 
-  constructor(private readonly native: Native, private readonly pump: EventPump, readonly device: Device, private readonly hooks: VhostHooks) {
+  constructor(private readonly native: Native, private readonly pump: EventPump, readonly device: Device, private readonly hooks: VhostHooks,
+    private readonly opts: VhostSessionOptions = {}) {
     this.queues = Array.from({ length: device.vrings }, (_, i) => new VirtQueue(i, this.mem));
+    const mode = opts.vmCopy ?? 'auto';
+    if (mode !== 'off' && opts.peerPid !== undefined && native.remoteCopier) {
+      try { this.mem.enableRemote(opts.peerPid, native.remoteCopier(opts.peerPid, STAGING_BYTES)); } catch (e) {
+        if (mode === 'require') hooks.report(`one-call copy path unavailable: ${(e as Error).message}`);
+      }
+    } else if (mode === 'require') hooks.report('one-call copy path unavailable: the front-end\'s pid is unknown');
     device.attach({ mem: this.mem, queues: this.queues, pump, report: (m) => hooks.report(m), rerun: (q) => this.rerun(q) });
   }
 
@@ -213,6 +232,9 @@ export class VhostSession {
 
   /** New memory: rings re-translate their addresses (and faulted ones get another chance). */
   private memoryChanged(): void {
+    if (this.opts.vmCopy === 'require' && this.mem.remoteRegions < this.mem.list.length) {
+      this.hooks.report(`one-call copy path covers ${this.mem.remoteRegions} of ${this.mem.list.length} memory regions (the others use pread/pwrite)`);
+    }
     for (const vq of this.queues) vq.memoryChanged();
     for (const vq of this.queues) if (vq.runnable) this.run(vq);
   }

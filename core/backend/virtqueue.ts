@@ -22,13 +22,13 @@ export class QueueError extends Error {
   constructor(readonly vring: number, message: string, readonly notReady = false) { super(`vring ${vring}: ${message}`); }
 }
 
-/** One descriptor chain as the device walks it: its buffers in order, readable ones first. */
+/** One descriptor chain as the device walks it: its buffers in order, readable ones first (typed arrays, reused). */
 export class Chain {
   head = 0;
   n = 0;
-  readonly addr: number[] = [];
-  readonly len: number[] = [];
-  readonly write: boolean[] = [];
+  addr = new Float64Array(8);
+  len = new Uint32Array(8);
+  write = new Uint8Array(8);
   readable = 0;
   writable = 0;
   /** Set when the chain is malformed (loop, bad index, bad indirect table...): the device must not touch its buffers. */
@@ -36,7 +36,26 @@ export class Chain {
 
   reset(head: number): void {
     this.head = head; this.n = 0; this.readable = 0; this.writable = 0; this.error = undefined;
-    this.addr.length = 0; this.len.length = 0; this.write.length = 0;
+  }
+
+  add(addr: number, len: number, write: boolean): void {
+    const n = this.n;
+    if (n === this.addr.length) {
+      const a = new Float64Array(2 * n), l = new Uint32Array(2 * n), w = new Uint8Array(2 * n);
+      a.set(this.addr); l.set(this.len); w.set(this.write);
+      this.addr = a; this.len = l; this.write = w;
+    }
+    this.addr[n] = addr; this.len[n] = len; this.write[n] = write ? 1 : 0;
+    this.n = n + 1;
+    if (write) this.writable += len; else this.readable += len;
+  }
+
+  clone(): Chain {
+    const d = new Chain();
+    d.reset(this.head);
+    for (let i = 0; i < this.n; i++) d.add(this.addr[i], this.len[i], this.write[i] === 1);
+    d.error = this.error;
+    return d;
   }
 }
 
@@ -84,9 +103,13 @@ export class VirtQueue {
   private noNotifySet = false;
   private staged = 0;
   private descBuf = Buffer.alloc(0);
+  private desc32 = new Uint32Array(0);
+  private desc16 = new Uint16Array(0);
+  private ind32 = new Uint32Array(64);
+  private ind16 = new Uint16Array(this.ind32.buffer);
   private availBuf = Buffer.alloc(0);
   private usedBuf = Buffer.alloc(0);
-  private indBuf = Buffer.alloc(256);
+  private indBuf = Buffer.from(this.ind32.buffer);
   private readonly small = Buffer.alloc(8);
   private readonly chains: Chain[] = [];
 
@@ -95,7 +118,9 @@ export class VirtQueue {
   setNum(n: number): void {
     if (n === 0 || n > MAX_QUEUE || (n & (n - 1)) !== 0) throw new QueueError(this.index, `invalid ring size ${n} (a power of two up to ${MAX_QUEUE})`);
     this.num = n;
-    this.descBuf = Buffer.alloc(16 * n);
+    this.desc32 = new Uint32Array(4 * n);
+    this.desc16 = new Uint16Array(this.desc32.buffer);
+    this.descBuf = Buffer.from(this.desc32.buffer);
     this.availBuf = Buffer.alloc(2 * n);
     this.usedBuf = Buffer.alloc(8 * n);
     this.invalidate();
@@ -206,12 +231,11 @@ export class VirtQueue {
   private walk(head: number, c: Chain): void {
     c.reset(head);
     if (head >= this.num) { c.error = `head ${head} out of range (ring size ${this.num})`; return; }
-    let table = this.descBuf, size = this.num, i = head, ttl = this.num, indirect = false, sawWrite = false, total = 0;
+    // Descriptors read through little-endian typed views (x86_64 and aarch64 are little-endian hosts).
+    let t32 = this.desc32, t16 = this.desc16, size = this.num, i = head, ttl = this.num, indirect = false, sawWrite = false, total = 0;
     for (;;) {
       if (ttl-- <= 0) { c.error = indirect ? 'indirect table loops' : 'descriptor loop'; return; }
-      const o = 16 * i;
-      const lo = table.readUInt32LE(o), hi = table.readUInt32LE(o + 4);
-      const len = table.readUInt32LE(o + 8), flags = table.readUInt16LE(o + 12), next = table.readUInt16LE(o + 14);
+      const lo = t32[4 * i], hi = t32[4 * i + 1], len = t32[4 * i + 2], flags = t16[8 * i + 6], next = t16[8 * i + 7];
       if (flags & VRING_DESC_F_INDIRECT) {
         if (indirect) { c.error = `nested indirect table at descriptor ${i}`; return; }
         if (!this.indirectOk) { c.error = `INDIRECT descriptor ${i} without VIRTIO_F_RING_INDIRECT_DESC`; return; }
@@ -221,9 +245,13 @@ export class VirtQueue {
         const addr = hi * TWO32 + lo;
         const why = this.mem.check(addr, len);
         if (why) { c.error = `indirect table 0x${addr.toString(16)}+${len}: ${why}`; return; }
-        if (this.indBuf.length < len) this.indBuf = Buffer.alloc(Math.max(len, 2 * this.indBuf.length));
+        if (this.indBuf.length < len) {
+          this.ind32 = new Uint32Array(Math.max(len, 2 * this.indBuf.length) / 4);
+          this.ind16 = new Uint16Array(this.ind32.buffer);
+          this.indBuf = Buffer.from(this.ind32.buffer);
+        }
         this.mem.read(addr, this.indBuf, 0, len);
-        table = this.indBuf; size = len / 16; i = 0; ttl = size; indirect = true;
+        t32 = this.ind32; t16 = this.ind16; size = len / 16; i = 0; ttl = size; indirect = true;
         continue;
       }
       const w = (flags & VRING_DESC_F_WRITE) !== 0;
@@ -231,11 +259,7 @@ export class VirtQueue {
       else if (sawWrite) { c.error = `device-readable descriptor ${i} after a device-writable one`; return; }
       total += len;
       if (total > 0xffffffff) { c.error = 'chain length above 4 GiB'; return; }
-      c.addr.push(hi >= 0x200000 ? NaN : hi * TWO32 + lo);
-      c.len.push(len);
-      c.write.push(w);
-      c.n++;
-      if (w) c.writable += len; else c.readable += len;
+      c.add(hi >= 0x200000 ? NaN : hi * TWO32 + lo, len, w);
       if (!(flags & VRING_DESC_F_NEXT)) return;
       i = next;
       if (i >= size) { c.error = `next index ${i} out of range (${indirect ? 'indirect table' : 'ring'} size ${size})`; return; }
@@ -377,36 +401,42 @@ export function chainCopyCheck(mem: DeviceMemory, c: Chain): string | undefined 
   return undefined;
 }
 
-/** Read `len` bytes of the chain's readable part starting at `from` into dst. Throws DeviceMemoryError. */
+/** Read `len` bytes of the chain's readable part starting at `from` into dst (one gather). Throws DeviceMemoryError. */
 export function readChain(mem: DeviceMemory, c: Chain, from: number, dst: Uint8Array, dstOff: number, len: number): void {
-  let skip = from, done = 0;
-  for (let i = 0; i < c.n && done < len; i++) {
+  const { addrs, lens } = mem.segs();
+  let skip = from, got = 0;
+  for (let i = 0; i < c.n && got < len; i++) {
     if (c.write[i]) break;
     const l = c.len[i];
     if (skip >= l) { skip -= l; continue; }
-    const n = Math.min(l - skip, len - done);
+    const n = Math.min(l - skip, len - got);
     const a = c.addr[i];
     if (Number.isNaN(a)) throw new DeviceMemoryError('gpa', a, n, 'buffer address beyond guest memory');
-    mem.read(a + skip, dst, dstOff + done, n);
-    done += n;
+    addrs.push(a + skip);
+    lens.push(n);
+    got += n;
     skip = 0;
   }
-  if (done < len) throw new DeviceMemoryError('gpa', 0, len, `chain has only ${c.readable} readable bytes`);
+  if (got < len) throw new DeviceMemoryError('gpa', 0, len, `chain has only ${c.readable} readable bytes`);
+  mem.readSegs(addrs, lens, addrs.length, dst, dstOff);
 }
 
-/** Write len bytes from src into the chain's writable part starting at `from`. Throws DeviceMemoryError. */
+/** Write len bytes from src into the chain's writable part starting at `from` (one scatter). Throws DeviceMemoryError. */
 export function writeChain(mem: DeviceMemory, c: Chain, from: number, src: Uint8Array, srcOff: number, len: number): void {
-  let skip = from, done = 0;
-  for (let i = 0; i < c.n && done < len; i++) {
+  const { addrs, lens } = mem.segs();
+  let skip = from, put = 0;
+  for (let i = 0; i < c.n && put < len; i++) {
     if (!c.write[i]) continue;
     const l = c.len[i];
     if (skip >= l) { skip -= l; continue; }
-    const n = Math.min(l - skip, len - done);
+    const n = Math.min(l - skip, len - put);
     const a = c.addr[i];
     if (Number.isNaN(a)) throw new DeviceMemoryError('gpa', a, n, 'buffer address beyond guest memory');
-    mem.write(a + skip, src, srcOff + done, n);
-    done += n;
+    addrs.push(a + skip);
+    lens.push(n);
+    put += n;
     skip = 0;
   }
-  if (done < len) throw new DeviceMemoryError('gpa', 0, len, `chain has only ${c.writable} writable bytes`);
+  if (put < len) throw new DeviceMemoryError('gpa', 0, len, `chain has only ${c.writable} writable bytes`);
+  mem.writeSegs(addrs, lens, addrs.length, src, srcOff);
 }
