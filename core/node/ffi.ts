@@ -1,7 +1,7 @@
 // ffi-rs implementation of the native interface (x86_64 Linux): one FFI call per operation, staging in a fixed scratch area.
 import * as fs from 'node:fs';
 import { FdLedger, type FdKind } from '../sys/ledger';
-import { NativeError, type Native, type RecvResult, type ListenOptions, type FdInfo, type EpollEvent } from '../sys/native';
+import { NativeError, type Native, type RecvResult, type ListenOptions, type FdInfo, type EpollEvent, type RemoteCopier } from '../sys/native';
 
 // ---- ffi-rs binding: the platform package's raw `load` skips the wrapper's per-call parameter rewriting.
 interface Binding {
@@ -47,6 +47,9 @@ const F = {
   epoll_wait: fn('epoll_wait', I32, [I32, I64, I32, I32]),
   memcpy: fn('memcpy', I64, [I64, I64, I64]),
   ioctl: fn('ioctl', I32, [I32, I64, I64]),
+  getsockopt: fn('getsockopt', I32, [I32, I32, I32, I64, I64]),
+  process_vm_readv: fn('process_vm_readv', I64, [I32, I64, I64, I64, I64, I64]),
+  process_vm_writev: fn('process_vm_writev', I64, [I32, I64, I64, I64, I64, I64]),
   errno_location: fn('__errno_location', I64, []),
 };
 function call(f: Call, ...args: unknown[]): number {
@@ -61,6 +64,7 @@ const SOL_SOCKET = 1, SCM_RIGHTS = 1;
 const EFD_CLOEXEC = 0x80000, EFD_NONBLOCK = 0x800, MFD_CLOEXEC = 1;
 const EPOLL_CLOEXEC = 0x80000, F_DUPFD_CLOEXEC = 1030, SHUT_RDWR = 2;
 const EINTR = 4, EAGAIN = 11, ECONNREFUSED = 111;
+const SO_PEERCRED = 17;
 const TUNSETIFF = 0x400454ca, IFF_TAP = 0x0002, IFF_NO_PI = 0x1000;
 const EPOLL_OPS = { add: 1, del: 2, mod: 3 } as const;
 
@@ -83,6 +87,62 @@ const base: number = nb.load({
   paramsValue: [scratch, scratch, 0],
 });
 const errnoPtr = call(F.errno_location);
+
+/** Address of a Buffer allocated off the V8 heap (allocUnsafeSlow): memcpy(b, b, 0) returns its first argument. */
+function addressOf(b: Buffer): number {
+  return nb.load({
+    library: 'libc', funcName: 'memcpy', retType: I64, freeResultMemory: false,
+    paramsType: [{ ffiTypeTag: nb.FFITypeTag.Array, type: T.U8Array, length: b.length }, { ffiTypeTag: nb.FFITypeTag.Array, type: T.U8Array, length: b.length }, I64],
+    paramsValue: [b, b, 0],
+  }) as number;
+}
+
+const IOV_MAX = 1024;
+
+/** process_vm_readv/writev with one local iovec (the staging area) and up to IOV_MAX remote ones per call. */
+class FfiRemoteCopier implements RemoteCopier {
+  readonly staging: Buffer;
+  private readonly stagingAddr: number;
+  private readonly iov = Buffer.allocUnsafeSlow(16 * (IOV_MAX + 1));
+  private readonly iov32 = new Uint32Array(this.iov.buffer, this.iov.byteOffset, 4 * (IOV_MAX + 1));
+  private readonly iovAddr: number;
+  constructor(private readonly pid: number, bytes: number) {
+    this.staging = Buffer.allocUnsafeSlow(Math.max(bytes, 4096));
+    this.stagingAddr = addressOf(this.staging);
+    this.iovAddr = addressOf(this.iov);
+  }
+  private put(off: number, v: number): void {
+    const lo = v % 4294967296;
+    this.iov32[off >> 2] = lo;
+    this.iov32[(off >> 2) + 1] = (v - lo) / 4294967296;
+  }
+  copy(write: boolean, addrs: ArrayLike<number>, lens: ArrayLike<number>, count: number, off = 0): number {
+    let done = 0;
+    for (let i = 0; i < count;) {
+      const n = Math.min(IOV_MAX, count - i);
+      let total = 0;
+      for (let k = 0; k < n; k++) {
+        this.put(16 * (k + 1), addrs[i + k]);
+        this.put(16 * (k + 1) + 8, lens[i + k]);
+        total += lens[i + k];
+      }
+      if (off + done + total > this.staging.length) return -22; // EINVAL: larger than the staging area
+      this.put(0, this.stagingAddr + off + done);
+      this.put(8, total);
+      let r: number;
+      for (;;) {
+        r = call(write ? F.process_vm_writev : F.process_vm_readv, this.pid, this.iovAddr, 1, this.iovAddr + 16, n, 0);
+        if (r >= 0) break;
+        const e = errno();
+        if (e !== EINTR) return -e;
+      }
+      done += r;
+      if (r !== total) return done;
+      i += n;
+    }
+    return done;
+  }
+}
 
 /** Write a u64 that is known to fit a double (addresses, lengths) without allocating a bigint. */
 function w64(off: number, v: number): void {
@@ -374,6 +434,19 @@ export class FfiNative implements Native {
     }
     const end = scratch.indexOf(0, OFF_IFREQ);
     return { fd, name: scratch.toString('utf8', OFF_IFREQ, Math.min(end < 0 ? OFF_IFREQ + 16 : end, OFF_IFREQ + 16)) };
+  }
+
+  peerPid(fd: number): number | undefined {
+    // struct ucred { pid_t pid; uid_t uid; gid_t gid; } at OFF_IFREQ, its length at OFF_INT.
+    scratch.writeUInt32LE(12, OFF_INT);
+    scratch.writeUInt32LE(0, OFF_INT + 4);
+    if (call(F.getsockopt, fd, SOL_SOCKET, SO_PEERCRED, base + OFF_IFREQ, base + OFF_INT) < 0) return undefined;
+    const pid = scratch.readInt32LE(OFF_IFREQ);
+    return pid > 0 ? pid : undefined;
+  }
+
+  remoteCopier(pid: number, stagingBytes: number): RemoteCopier {
+    return new FfiRemoteCopier(pid, stagingBytes);
   }
 
   fdInfo(fd: number): FdInfo {

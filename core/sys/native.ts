@@ -69,4 +69,18 @@ export interface Native {
   fdInfo(fd: number): FdInfo;
   /** Open (creating if needed) a TAP interface: IFF_TAP | IFF_NO_PI, non-blocking fd owned by the ledger. */
   openTap?(name: string): { fd: number; name: string };
+  /** Pid of the process at the other end of a UNIX socket (SO_PEERCRED). */
+  peerPid?(fd: number): number | undefined;
+  /** Scatter/gather copies between a local staging area and another process's memory (process_vm_readv/writev). */
+  remoteCopier?(pid: number, stagingBytes: number): RemoteCopier;
+}
+
+export interface RemoteCopier {
+  /** The local side of every copy: data to write is placed here, data read lands here (contiguously). */
+  readonly staging: Buffer;
+  /**
+   * Copy staging[off, off + sum(lens)) to (write) or from (read) the remote ranges addrs[i]+lens[i], i < count.
+   * Returns the bytes copied (short on a fault) or -errno.
+   */
+  copy(write: boolean, addrs: ArrayLike<number>, lens: ArrayLike<number>, count: number, off?: number): number;
 }
