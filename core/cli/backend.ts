@@ -3,8 +3,9 @@ import * as fs from 'node:fs';
 import { extraCommands, runEngine, str, num, UsageError, VALUED, type Parsed, type CliIo } from './main';
 import { Backend, type BackendOptions } from '../backend/backend';
 import { parseIpv4, parseMac } from '../backend/packets';
+import type { VmCopy } from '../backend/vhost';
 
-for (const f of ['queues', 'serial']) VALUED.add(f);
+for (const f of ['queues', 'serial', 'vm-copy', 'poll-us']) VALUED.add(f);
 
 export const BACKEND_HELP = `usage:
   vhost-lens backend blk --socket PATH --image FILE [--readonly] [--queues N] [--serial ID] [options]
@@ -20,6 +21,10 @@ options:
   --socket-mode MODE    mode of the listening socket (octal, default 600)
   --socket-group GROUP  group of the listening socket
   --max-sessions N      exit after N front-end sessions have ended
+  --vm-copy MODE        guest memory copies through the front-end's own mapping (process_vm_readv/writev) where
+                        /proc/PID/maps proves it is the region's file: auto (default), off (pread/pwrite on the
+                        region fds only), require (report when it cannot be used)
+  --poll-us N           after a ring runs dry, keep polling it N µs with kicks disabled (default 0: kick-driven)
 `;
 
 export function backendOptions(p: Parsed): BackendOptions {
@@ -38,7 +43,9 @@ export function backendOptions(p: Parsed): BackendOptions {
     maxSessions: num(p, 'max-sessions'),
     notifiers: p.flags.has('notifiers'),
     notifyIntervalMs: num(p, 'notify-interval'),
+    vmCopy: vmCopy(p),
   };
+  const pollUs = num(p, 'poll-us');
   if (kind === 'blk') {
     const image = str(p, 'image');
     if (!image) throw new UsageError('backend blk needs --image FILE');
@@ -47,7 +54,7 @@ export function backendOptions(p: Parsed): BackendOptions {
     if (!st.isFile()) throw new UsageError(`image ${image} is not a regular file`);
     if (st.size < 512) throw new UsageError(`image ${image} is smaller than one 512-byte sector`);
     for (const f of ['tap', 'loopback', 'ip', 'mac']) if (p.flags.has(f)) throw new UsageError(`--${f} is a net option`);
-    return { ...common, device: 'blk', blk: { image, readonly: p.flags.has('readonly'), numQueues: queues, serial: str(p, 'serial') } };
+    return { ...common, device: 'blk', blk: { image, readonly: p.flags.has('readonly'), numQueues: queues, serial: str(p, 'serial'), pollUs } };
   }
   const tap = str(p, 'tap');
   const loopback = p.flags.has('loopback');
@@ -57,7 +64,14 @@ export function backendOptions(p: Parsed): BackendOptions {
   if (tap && (ip || mac)) throw new UsageError('--ip and --mac set the loopback responder (not used with --tap)');
   try { if (ip) parseIpv4(ip); if (mac) parseMac(mac); } catch (e) { throw new UsageError((e as Error).message); }
   if (tap && queues !== undefined && queues !== 1) throw new UsageError('--tap serves one queue pair');
-  return { ...common, device: 'net', net: { mode: tap ? 'tap' : 'loopback', tap, ip, mac, queuePairs: queues } };
+  return { ...common, device: 'net', net: { mode: tap ? 'tap' : 'loopback', tap, ip, mac, queuePairs: queues, pollUs } };
+}
+
+function vmCopy(p: Parsed): VmCopy | undefined {
+  const v = str(p, 'vm-copy');
+  if (v === undefined) return undefined;
+  if (v !== 'auto' && v !== 'off' && v !== 'require') throw new UsageError(`--vm-copy must be auto, off or require, got "${v}"`);
+  return v;
 }
 
 export async function runBackend(p: Parsed, io: CliIo): Promise<number> {
