@@ -57,7 +57,7 @@ test('blk (CLI): a QEMU guest writes a pattern and reads it back; the image hold
   const dir = peers.tmpDir('be-blk');
   const image = createRawImage(join(dir, 'disk.img'), 64);
   const socket = join(dir, 'blk.sock');
-  const cli = runCli(t, ['backend', 'blk', '--socket', socket, '--image', image, '--json', '--notifiers']);
+  const cli = runCli(t, ['backend', 'blk', '--socket', socket, '--image', image, '--json', '--notifiers', '--rings']);
   const pattern = randomAlnum(64 * 1024);
   const SECTOR = 2048;
   await withPeerLogs(peers, () => withCli(cli, async () => {
@@ -104,6 +104,10 @@ test('blk (CLI): a QEMU guest writes a pattern and reads it back; the image hold
   note(t, 'GET_VRING_BASE replies in session 1 (start/stop cycles)', stops.length);
   assert.ok(stops.length >= 1, 'the ring was stopped with GET_VRING_BASE');
   assert.ok(cli.of('notify').some((n) => n.what === 'kick') && cli.of('notify').some((n) => n.what === 'call'), 'kick and call counts reported');
+  // The ring view works on a back-end session as on a proxied one: chains decoded as virtio-blk requests.
+  const rings = cli.of('ring');
+  assert.ok(rings.some((r) => r.chains.some((c: JsonLine) => c.device?.kind === 'blk' && c.device?.type === 'OUT')), 'ring events show OUT requests');
+  assert.ok(rings.some((r) => r.chains.some((c: JsonLine) => c.state === 'used' && c.device?.status === 'OK')), 'ring events show completed requests with status OK');
   assert.equal(cli.of('error').length, 0, `no device errors: ${JSON.stringify(cli.of('error'))}`);
   const summary = cli.of('summary')[0];
   assert.equal(summary.workerFds, 0, 'worker closed every fd');
