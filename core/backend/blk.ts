@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PROTOCOL_BIT } from '../protocol/features';
-import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bit, type Device, type DeviceContext } from './device';
+import { VIRTIO_F_VERSION_1, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bit, type Device, type DeviceContext } from './device';
 import { chainCopyCheck, readChain, writeChain, type Chain, type VirtQueue } from './virtqueue';
 import { DeviceMemoryError } from './memory';
 
@@ -69,7 +69,7 @@ export class BlkDevice implements Device {
     if (!(nq >= 1 && nq <= 64)) { fs.closeSync(this.fd); throw new Error(`numQueues must be 1..64, got ${nq}`); }
     this.vrings = nq;
     this.queueNum = nq;
-    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX)
+    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_PACKED) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX)
       | bit(BLK_F.SEG_MAX) | bit(BLK_F.BLK_SIZE) | bit(BLK_F.FLUSH) | bit(BLK_F.MQ) | bit(BLK_F.DISCARD) | bit(BLK_F.WRITE_ZEROES);
     if (this.readonly) f |= bit(BLK_F.RO);
     this.features = f;
@@ -111,7 +111,7 @@ export class BlkDevice implements Device {
 
   kick(q: VirtQueue): void {
     const r = q.drain((chains) => {
-      for (const c of chains) q.push(c.head, this.request(q, c));
+      for (const c of chains) q.use(c, this.request(q, c));
       return true;
     }, 64, this.opts.pollUs ?? 0, SLICE_US);
     if (r.yielded) this.ctx!.rerun(q);

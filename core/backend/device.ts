@@ -4,6 +4,7 @@ import type { VirtQueue } from './virtqueue';
 import type { EventPump } from '../node/pump';
 
 export const VIRTIO_F_VERSION_1 = 32;
+export const VIRTIO_F_RING_PACKED = 34;
 export const VIRTIO_RING_F_INDIRECT_DESC = 28;
 export const VIRTIO_RING_F_EVENT_IDX = 29;
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30;

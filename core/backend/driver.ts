@@ -1,7 +1,7 @@
 // A minimal driver side of a split virtqueue over fd-backed guest memory: lays out rings, offers chains, reads used entries.
 // Used by the back-end's tests and benches (and by the scripted front-end) to play the guest; never by the device itself.
 import { DeviceMemory } from './memory';
-import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from './virtqueue';
+import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL, VRING_PACKED_DESC_F_USED } from './virtqueue';
 
 export interface DriverBuf {
   len: number;
@@ -113,5 +113,94 @@ export class SplitDriver {
       this.usedSeen = (this.usedSeen + 1) & 0xffff;
     }
     return out;
+  }
+}
+
+/** Driver side of a packed virtqueue (virtio 1.2 2.8): descriptors with wrap counters, event suppression areas. */
+export class PackedDriver {
+  readonly desc: number;
+  /** Driver event suppression area (what SET_VRING_ADDR calls "avail"). */
+  readonly driverEvent: number;
+  /** Device event suppression area ("used"). */
+  readonly deviceEvent: number;
+  private next = 0;
+  private wrap = true;
+  private usedPos = 0;
+  private usedWrap = true;
+  private nextId = 0;
+  private readonly sizes = new Map<number, number>();
+
+  constructor(readonly mem: DeviceMemory, readonly arena: Arena, readonly num: number) {
+    this.desc = arena.alloc(16 * num, 16);
+    this.driverEvent = arena.alloc(4, 4);
+    this.deviceEvent = arena.alloc(4, 4);
+    mem.write(this.desc, Buffer.alloc(16 * num), 0, 16 * num);
+    mem.write(this.driverEvent, Buffer.alloc(4), 0, 4);
+    mem.write(this.deviceEvent, Buffer.alloc(4), 0, 4);
+  }
+
+  private flagsFor(wrap: boolean): number { return wrap ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED; }
+
+  /** Offer a chain; the first descriptor's flags are written last, as a driver must. Returns its buffer id. */
+  add(bufs: DriverBuf[], opts: { indirect?: boolean } = {}): { id: number; addrs: number[] } {
+    const id = this.nextId++ & 0x7fff;
+    const addrs = bufs.map((b) => {
+      const a = b.addr ?? this.arena.alloc(Math.max(1, b.len), 8);
+      if (b.data && b.addr === undefined) this.mem.write(a, b.data, 0, Math.min(b.len, b.data.byteLength));
+      return a;
+    });
+    const entries: { addr: number; len: number; flags: number }[] = [];
+    if (opts.indirect) {
+      const table = this.arena.alloc(16 * bufs.length, 16);
+      bufs.forEach((b, i) => this.put(table + 16 * i, addrs[i], b.len, 0, b.write ? VRING_DESC_F_WRITE : 0));
+      entries.push({ addr: table, len: 16 * bufs.length, flags: VRING_DESC_F_INDIRECT });
+    } else bufs.forEach((b, i) => entries.push({ addr: addrs[i], len: b.len, flags: (b.write ? VRING_DESC_F_WRITE : 0) | (i + 1 < bufs.length ? VRING_DESC_F_NEXT : 0) }));
+    const first = this.next, firstFlags = entries[0].flags | this.flagsFor(this.wrap);
+    entries.forEach((e, i) => {
+      const f = e.flags | this.flagsFor(this.wrap);
+      this.put(this.desc + 16 * this.next, e.addr, e.len, id, i === 0 ? 0 : f, i === 0);
+      if (++this.next === this.num) { this.next = 0; this.wrap = !this.wrap; }
+    });
+    const b = Buffer.alloc(2);
+    b.writeUInt16LE(firstFlags);
+    this.mem.write(this.desc + 16 * first + 14, b, 0, 2);
+    this.sizes.set(id, entries.length);
+    return { id, addrs };
+  }
+
+  private put(at: number, addr: number, len: number, id: number, flags: number, skipFlags = false): void {
+    const b = Buffer.alloc(16);
+    b.writeBigUInt64LE(BigInt(addr), 0);
+    b.writeUInt32LE(len >>> 0, 8);
+    b.writeUInt16LE(id, 12);
+    b.writeUInt16LE(flags, 14);
+    this.mem.write(at, b, 0, skipFlags ? 14 : 16);
+  }
+
+  /** Driver event suppression: flags (0 enable, 1 disable, 2 desc) and the off_wrap for DESC mode. */
+  setDriverEvent(flags: number, offWrap = 0): void {
+    const b = Buffer.alloc(4);
+    b.writeUInt16LE(offWrap, 0);
+    b.writeUInt16LE(flags, 2);
+    this.mem.write(this.driverEvent, b, 0, 4);
+  }
+
+  deviceEventFlags(): number { const b = Buffer.alloc(4); this.mem.read(this.deviceEvent, b, 0, 4); return b.readUInt16LE(2); }
+
+  /** Used descriptors since the last call, in order. */
+  takeUsed(): { id: number; len: number }[] {
+    const out: { id: number; len: number }[] = [];
+    const b = Buffer.alloc(16);
+    for (;;) {
+      this.mem.read(this.desc + 16 * this.usedPos, b, 0, 16);
+      const flags = b.readUInt16LE(14);
+      const avail = (flags & VRING_PACKED_DESC_F_AVAIL) !== 0, used = (flags & VRING_PACKED_DESC_F_USED) !== 0;
+      if (avail !== this.usedWrap || used !== this.usedWrap) return out;
+      const id = b.readUInt16LE(12);
+      out.push({ id, len: b.readUInt32LE(8) });
+      this.usedPos += this.sizes.get(id) ?? 1;
+      this.sizes.delete(id);
+      if (this.usedPos >= this.num) { this.usedPos -= this.num; this.usedWrap = !this.usedWrap; }
+    }
   }
 }

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { PROTOCOL_BIT } from '../protocol/features';
 import { EPOLLIN, type Native } from '../sys/native';
 import type { EventPump } from '../node/pump';
-import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bit, has, type Device, type DeviceContext } from './device';
+import { VIRTIO_F_VERSION_1, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bit, has, type Device, type DeviceContext } from './device';
 import { fence, readChain, writeChain, type Chain, type VirtQueue } from './virtqueue';
 import { Responder, parseIpv4, parseMac, rarpFrame, macText } from './packets';
 
@@ -68,7 +68,7 @@ export class NetDevice implements Device {
     this.vrings = 2 * pairs;
     this.queueNum = pairs;
     this.pending = Array.from({ length: pairs }, () => []);
-    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(NET_F.MRG_RXBUF);
+    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_RING_PACKED) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(NET_F.MRG_RXBUF);
     if (pairs > 1) f |= bit(NET_F.MQ) | bit(NET_F.CTRL_VQ);
     this.features = f;
     this.protocolFeatures = bit(PROTOCOL_BIT.MQ) | bit(PROTOCOL_BIT.REPLY_ACK) | bit(PROTOCOL_BIT.RARP) | bit(PROTOCOL_BIT.CONFIGURE_MEM_SLOTS);
@@ -150,17 +150,17 @@ export class NetDevice implements Device {
       A.length = 0; L.length = 0; P.length = 0;
       let off = 0;
       for (const c of chains) {
-        if (c.error) { this.bad(q, c, c.error); q.push(c.head, 0); continue; }
+        if (c.error) { this.bad(q, c, c.error); q.use(c, 0); continue; }
         const total = c.readable;
         if (total < hdr + 14 || total > hdr + MAX_FRAME) {
           this.bad(q, c, `TX chain of ${total} readable bytes (header ${hdr} + frame of 14..${MAX_FRAME})`);
-          q.push(c.head, 0);
+          q.use(c, 0);
           continue;
         }
         if (staging && off + total <= room) {
           const why = this.readableSegs(c, A, L);
-          if (why) { this.bad(q, c, why); q.push(c.head, 0); continue; }
-          P.push(c.head, off, total);
+          if (why) { this.bad(q, c, why); q.use(c, 0); continue; }
+          P.push(c.head, off, total, c.count);
           off += total;
           continue;
         }
@@ -169,18 +169,18 @@ export class NetDevice implements Device {
           readChain(ctx.mem, c, 0, buf, 0, total);
         } catch (e) {
           this.bad(q, c, (e as Error).message);
-          q.push(c.head, 0);
+          q.use(c, 0);
           continue;
         }
-        q.push(c.head, 0);
+        q.use(c, 0);
         this.sent(pair, buf, total);
       }
       if (P.length) {
         ctx.mem.readSegs(A, L, A.length, staging!, 0);
-        for (let i = 0; i < P.length; i += 3) {
+        for (let i = 0; i < P.length; i += 4) {
           const buf = Buffer.allocUnsafe(P[i + 2]);
           staging!.copy(buf, 0, P[i + 1], P[i + 1] + P[i + 2]);
-          q.push(P[i], 0);
+          q.push(P[i], 0, P[i + 3]);
           this.sent(pair, buf, P[i + 2]);
         }
       }
@@ -303,28 +303,28 @@ export class NetDevice implements Device {
         }
         if (c.error || c.writable < hdr) {
           this.bad(q, c, c.error ?? `RX chain with ${c.writable} writable bytes, less than the ${hdr}-byte header`);
-          q.push(c.head, 0);
+          q.use(c, 0);
           continue;
         }
         if (c.writable >= buf.length || !this.mrg) {
           if (c.writable < buf.length) {
             this.bad(q, c, `RX buffer of ${c.writable} bytes for a ${buf.length - hdr}-byte frame without MRG_RXBUF: frame dropped`);
-            q.push(c.head, 0);
+            q.use(c, 0);
             sent++;
             this.counters.rxDropped++;
             continue;
           }
           if (hdr === 12) buf.writeUInt16LE(1, 10);
           const why = this.stageRx(c, buf);
-          if (why) { this.bad(q, c, why); q.push(c.head, 0); continue; }
-          q.push(c.head, buf.length);
+          if (why) { this.bad(q, c, why); q.use(c, 0); continue; }
+          q.use(c, buf.length);
         } else {
           // Several buffers for one frame: copy the chains (the pool is reused by the next pop).
           const held = this.hold;
           held.length = 0;
           let room = 0, badInFrame = false;
           while (c && room < buf.length) {
-            if (c.error || c.writable === 0) { this.bad(q, c, c.error ?? 'RX chain without writable bytes'); q.push(c.head, 0); badInFrame = true; }
+            if (c.error || c.writable === 0) { this.bad(q, c, c.error ?? 'RX chain without writable bytes'); q.use(c, 0); badInFrame = true; }
             else { held.push(c.clone()); room += c.writable; }
             if (room >= buf.length) break;
             c = next();
@@ -332,7 +332,7 @@ export class NetDevice implements Device {
           if (room < buf.length) {
             if (badInFrame) {
               // Chains already answered sit between ours: return the held ones empty and drop the frame.
-              for (const h of held) q.push(h.head, 0);
+              for (const h of held) q.use(h, 0);
               sent++;
               this.counters.rxDropped++;
               continue;
@@ -348,7 +348,7 @@ export class NetDevice implements Device {
           for (const h of held) {
             const n = Math.min(h.writable, buf.length - off);
             writeChain(ctx!.mem, h, 0, buf, off, n);
-            q.push(h.head, n);
+            q.use(h, n);
             off += n;
           }
         }

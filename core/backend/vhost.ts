@@ -7,7 +7,7 @@ import { EPOLLIN, type Native } from '../sys/native';
 import type { EventPump } from '../node/pump';
 import { DeviceMemory, deviceRegion, type DeviceRegion } from './memory';
 import { QueueError, VirtQueue } from './virtqueue';
-import { VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bit, has, type Device } from './device';
+import { VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bit, has, type Device } from './device';
 
 /** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks, then adds regions one by one). */
 export const MAX_MEM_SLOTS = 32;
@@ -116,6 +116,8 @@ export class VhostSession {
         for (const vq of this.queues) {
           vq.eventIdx = has(this.features, VIRTIO_RING_F_EVENT_IDX);
           vq.indirectOk = has(this.features, VIRTIO_RING_F_INDIRECT_DESC);
+          const packed = has(this.features, VIRTIO_F_RING_PACKED);
+          if (packed !== vq.packed) { vq.packed = packed; vq.availWrap = vq.usedWrap = true; vq.lastAvail = vq.nextUsed = 0; }
           // Without protocol features a ring is enabled as soon as it starts (vhost-user.rst "Ring states").
           if (!has(this.features, VHOST_USER_F_PROTOCOL_FEATURES)) vq.enabled = true;
         }
@@ -159,7 +161,7 @@ export class VhostSession {
       }
       case 'SET_VRING_NUM': take(0); { const vq = q(); this.stopIfRunning(vq); vq.setNum(p.num); } return { ok: true };
       case 'SET_VRING_ADDR': take(0); q().setAddr(p.desc, p.used, p.avail, p.flags); return { ok: true };
-      case 'SET_VRING_BASE': take(0); { const vq = q(); if (p.num > 0xffff) throw new Error(`split ring base ${p.num} above 65535`); vq.setBase(p.num); } return { ok: true };
+      case 'SET_VRING_BASE': take(0); { const vq = q(); if (!vq.packed && p.num > 0xffff) throw new Error(`split ring base ${p.num} above 65535`); vq.setBase(p.num); } return { ok: true };
       case 'GET_VRING_BASE': {
         take(0);
         const vq = q();

@@ -7,6 +7,12 @@ export const VRING_DESC_F_WRITE = 2;
 export const VRING_DESC_F_INDIRECT = 4;
 export const VRING_USED_F_NO_NOTIFY = 1;
 export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+/** Packed ring (virtio 1.2 2.8): descriptor flag bits and event suppression flags. */
+export const VRING_PACKED_DESC_F_AVAIL = 1 << 7;
+export const VRING_PACKED_DESC_F_USED = 1 << 15;
+export const RING_EVENT_FLAGS_ENABLE = 0;
+export const RING_EVENT_FLAGS_DISABLE = 1;
+export const RING_EVENT_FLAGS_DESC = 2;
 const MAX_QUEUE = 32768;
 const MAX_INDIRECT = 65536;
 const TWO32 = 4294967296;
@@ -26,6 +32,8 @@ export class QueueError extends Error {
 export class Chain {
   head = 0;
   n = 0;
+  /** Ring slots the chain takes (packed rings: the used element advances by this many). */
+  count = 1;
   addr = new Float64Array(8);
   len = new Uint32Array(8);
   write = new Uint8Array(8);
@@ -35,7 +43,7 @@ export class Chain {
   error?: string;
 
   reset(head: number): void {
-    this.head = head; this.n = 0; this.readable = 0; this.writable = 0; this.error = undefined;
+    this.head = head; this.n = 0; this.readable = 0; this.writable = 0; this.error = undefined; this.count = 1;
   }
 
   add(addr: number, len: number, write: boolean): void {
@@ -55,6 +63,7 @@ export class Chain {
     d.reset(this.head);
     for (let i = 0; i < this.n; i++) d.add(this.addr[i], this.len[i], this.write[i] === 1);
     d.error = this.error;
+    d.count = this.count;
     return d;
   }
 }
@@ -68,7 +77,7 @@ const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 export interface QueueStats { popped: number; used: number; calls: number; suppressedCalls: number; kicks: number; kickSignals: number; errors: number }
 
 /**
- * One split virtqueue. Addresses come in the front-end's virtual space (SET_VRING_ADDR) and are translated to
+ * One virtqueue, split (virtio 1.2 2.7) or packed (2.8) once VIRTIO_F_RING_PACKED is negotiated. Addresses come in the front-end's virtual space (SET_VRING_ADDR) and are translated to
  * guest-physical whenever the memory table changes. Nothing here trusts guest memory: every index, length and
  * address is checked before use, and a bad chain is reported on the chain, not thrown.
  */
@@ -89,6 +98,12 @@ export class VirtQueue {
   enabled = false;
   eventIdx = false;
   indirectOk = false;
+  /** VIRTIO_F_RING_PACKED: descriptor ring with wrap counters; the avail/used addresses are the event areas. */
+  packed = false;
+  /** Packed: wrap counters and the next used slot. */
+  availWrap = true;
+  usedWrap = true;
+  nextUsed = 0;
   /** Set when the ring cannot be processed (bad addresses, bad index); cleared by reconfiguration. */
   fault?: string;
   readonly stats: QueueStats = { popped: 0, used: 0, calls: 0, suppressedCalls: 0, kicks: 0, kickSignals: 0, errors: 0 };
@@ -112,6 +127,9 @@ export class VirtQueue {
   private indBuf = Buffer.from(this.ind32.buffer);
   private readonly small = Buffer.alloc(8);
   private readonly chains: Chain[] = [];
+  /** Packed: ring positions (slot | wrap << 15) where recently popped chains start, for unpop. */
+  private starts: number[] = [];
+  private stagedCount = new Uint16Array(0);
 
   constructor(readonly index: number, private readonly mem: DeviceMemory) {}
 
@@ -123,6 +141,7 @@ export class VirtQueue {
     this.descBuf = Buffer.from(this.desc32.buffer);
     this.availBuf = Buffer.alloc(2 * n);
     this.usedBuf = Buffer.alloc(8 * n);
+    this.stagedCount = new Uint16Array(n);
     this.invalidate();
   }
 
@@ -132,15 +151,26 @@ export class VirtQueue {
     this.invalidate();
   }
 
+  /**
+   * SET_VRING_BASE. Split: the next avail index. Packed: bits 0-14 avail slot, 15 avail wrap, 16-30 used slot,
+   * 31 used wrap; a front-end that sends only the avail half has nothing in flight (used = avail).
+   */
   setBase(base: number): void {
-    this.lastAvail = base & 0xffff;
+    if (this.packed) {
+      this.lastAvail = base & 0x7fff;
+      this.availWrap = (base & 0x8000) !== 0;
+      const hi = base >>> 16;
+      this.nextUsed = hi ? hi & 0x7fff : this.lastAvail;
+      this.usedWrap = hi ? (hi & 0x8000) !== 0 : this.availWrap;
+    } else this.lastAvail = base & 0xffff;
     this.invalidate();
   }
 
-  /** The ring stops (GET_VRING_BASE): returns the next avail index. */
+  /** The ring stops (GET_VRING_BASE): returns the device's position in the same encoding as setBase. */
   stop(): number {
     this.started = false;
     this.staged = 0;
+    if (this.packed) return (this.lastAvail | (this.availWrap ? 0x8000 : 0) | (this.nextUsed << 16) | (this.usedWrap ? 0x80000000 : 0)) >>> 0;
     return this.lastAvail;
   }
 
@@ -175,10 +205,10 @@ export class VirtQueue {
         }
       };
       this.descGpa = area('descriptor', this.descUva, 16 * this.num);
-      this.availGpa = area('avail', this.availUva, 6 + 2 * this.num);
-      this.usedGpa = area('used', this.usedUva, 6 + 8 * this.num);
+      this.availGpa = area(this.packed ? 'driver event' : 'avail', this.availUva, this.packed ? 4 : 6 + 2 * this.num);
+      this.usedGpa = area(this.packed ? 'device event' : 'used', this.usedUva, this.packed ? 4 : 6 + 8 * this.num);
       this.memGen = this.mem.generation;
-      if (this.syncUsed) {
+      if (this.syncUsed && !this.packed) {
         this.mem.read(this.usedGpa + 2, this.small, 0, 2);
         this.usedIdx = this.small.readUInt16LE(0);
         this.syncUsed = false;
@@ -193,6 +223,7 @@ export class VirtQueue {
 
   /** Chains the driver has made available and the device has not taken. */
   availCount(): number {
+    if (this.packed) return this.availPacked(64);
     this.mem.read(this.availGpa + 2, this.small, 0, 2);
     const idx = this.small.readUInt16LE(0);
     const n = (idx - this.lastAvail) & 0xffff;
@@ -208,6 +239,7 @@ export class VirtQueue {
    * The returned chains are reused by the next pop.
    */
   pop(max: number, base = 0): Chain[] {
+    if (this.packed) return this.popPacked(max, base);
     const count = Math.min(this.availCount(), max, this.num);
     if (count === 0) return [];
     const num = this.num, mask = num - 1;
@@ -269,23 +301,36 @@ export class VirtQueue {
   /** Give back the last `k` popped chains untouched (the device could not use them yet). */
   unpop(k: number): void {
     if (k <= 0) return;
+    if (this.packed) {
+      const at = this.starts[this.starts.length - k];
+      this.starts.length -= k;
+      this.lastAvail = at & 0x7fff;
+      this.availWrap = (at & 0x8000) !== 0;
+      this.stats.popped -= k;
+      return;
+    }
     this.lastAvail = (this.lastAvail - k) & 0xffff;
     this.stats.popped -= k;
   }
 
   /** Stage a used element; written by flush(). */
-  push(head: number, len: number): void {
+  push(head: number, len: number, count = 1): void {
     if (this.staged >= this.num) this.flush();
+    this.stagedCount[this.staged] = count;
     const o = 8 * this.staged++;
     this.usedBuf.writeUInt32LE(head, o);
     this.usedBuf.writeUInt32LE(len >>> 0, o + 4);
   }
 
   /** Write staged used elements and the new used index, then notify the driver if it wants it. */
+  /** Stage a used element for a popped chain (its buffer id and, on packed rings, its slot count). */
+  use(c: Chain, len: number): void { this.push(c.head, len, c.count); }
+
   flush(): void {
     const n = this.staged;
     if (!n) return;
     this.staged = 0;
+    if (this.packed) { this.flushPacked(n); return; }
     const mask = this.num - 1;
     const start = this.usedIdx & mask;
     const first = Math.min(n, this.num - start);
@@ -332,6 +377,16 @@ export class VirtQueue {
    * EVENT_IDX: avail_event = next avail index; otherwise the used ring's NO_NOTIFY flag.
    */
   notifyOn(enable: boolean): void {
+    if (this.packed) {
+      // Device event suppression: off_wrap (next avail slot + wrap) then flags.
+      const flags = !enable ? RING_EVENT_FLAGS_DISABLE : this.eventIdx ? RING_EVENT_FLAGS_DESC : RING_EVENT_FLAGS_ENABLE;
+      if (!enable && this.noNotifySet) return;
+      this.noNotifySet = !enable;
+      this.small.writeUInt16LE(this.lastAvail | (this.availWrap ? 0x8000 : 0), 0);
+      this.small.writeUInt16LE(flags, 2);
+      this.mem.write(this.usedGpa, this.small, 0, 4);
+      return;
+    }
     if (this.eventIdx) {
       if (!enable) return;
       this.small.writeUInt16LE(this.lastAvail, 0);
@@ -383,6 +438,144 @@ export class VirtQueue {
       if (this.availCount() === 0) return { total, yielded: false };
       if (sliceUs !== Infinity && (performance.now() - t0) * 1000 >= sliceUs) return { total, yielded: true };
     }
+  }
+
+  // ---- packed ring (virtio 1.2 2.8) ----------------------------------------------------------------------
+
+  private isAvail(flags: number, wrap: boolean): boolean {
+    return ((flags & VRING_PACKED_DESC_F_AVAIL) !== 0) === wrap && ((flags & VRING_PACKED_DESC_F_USED) !== 0) !== wrap;
+  }
+
+  /** Chains available from the device's position, counted up to `max` (reads the descriptor ring once). */
+  private availPacked(max: number): number {
+    this.mem.read(this.descGpa, this.descBuf, 0, 16 * this.num);
+    let pos = this.lastAvail, wrap = this.availWrap, n = 0;
+    for (let k = 0; k < this.num && n < max; k++) {
+      const flags = this.desc16[8 * pos + 7];
+      if (!this.isAvail(flags, wrap)) break;
+      if (!(flags & VRING_DESC_F_NEXT)) n++;
+      if (++pos === this.num) { pos = 0; wrap = !wrap; }
+    }
+    return n;
+  }
+
+  private popPacked(max: number, base: number): Chain[] {
+    const out: Chain[] = [];
+    if (max <= 0) return out;
+    this.mem.read(this.descGpa, this.descBuf, 0, 16 * this.num);
+    if (this.starts.length > 2 * this.num) this.starts.splice(0, this.starts.length - this.num);
+    for (let i = 0; i < max; i++) {
+      const flags = this.desc16[8 * this.lastAvail + 7];
+      if (!this.isAvail(flags, this.availWrap)) break;
+      let c = this.chains[base + i];
+      if (!c) { c = new Chain(); this.chains[base + i] = c; }
+      this.starts.push(this.lastAvail | (this.availWrap ? 0x8000 : 0));
+      this.walkPacked(c);
+      out.push(c);
+    }
+    this.stats.popped += out.length;
+    return out;
+  }
+
+  /** Walk the chain at the device's position and advance past it. A chain that cannot be delimited faults the ring. */
+  private walkPacked(c: Chain): void {
+    c.reset(0);
+    const num = this.num, t32 = this.desc32, t16 = this.desc16;
+    let pos = this.lastAvail, wrap = this.availWrap, count = 0, sawWrite = false, id = 0;
+    const fail = (why: string): never => {
+      this.fault = `packed chain at slot ${this.lastAvail}: ${why}`;
+      throw new QueueError(this.index, this.fault);
+    };
+    for (;;) {
+      const lo = t32[4 * pos], hi = t32[4 * pos + 1], len = t32[4 * pos + 2], flags = t16[8 * pos + 7];
+      id = t16[8 * pos + 6];
+      if (count > 0 && !this.isAvail(flags, wrap)) fail('runs into a descriptor that is not available');
+      if (++count > num) fail('longer than the ring');
+      if (flags & VRING_DESC_F_INDIRECT) {
+        if (count > 1 || (flags & VRING_DESC_F_NEXT)) fail('INDIRECT descriptor inside a chain');
+        if (!this.indirectOk) fail('INDIRECT descriptor without VIRTIO_F_RING_INDIRECT_DESC');
+        if (len === 0 || len % 16 || len / 16 > MAX_INDIRECT) fail(`indirect table length ${len} invalid`);
+        if (hi >= 0x200000) fail('indirect table beyond guest memory');
+        const addr = hi * TWO32 + lo;
+        const why = this.mem.check(addr, len);
+        if (why) { c.error = `indirect table 0x${addr.toString(16)}+${len}: ${why}`; }
+        else {
+          if (this.indBuf.length < len) {
+            this.ind32 = new Uint32Array(Math.max(len, 2 * this.indBuf.length) / 4);
+            this.ind16 = new Uint16Array(this.ind32.buffer);
+            this.indBuf = Buffer.from(this.ind32.buffer);
+          }
+          this.mem.read(addr, this.indBuf, 0, len);
+          for (let k = 0; k < len / 16 && !c.error; k++) {
+            const w = (this.ind16[8 * k + 7] & VRING_DESC_F_WRITE) !== 0;
+            if (w) sawWrite = true;
+            else if (sawWrite) { c.error = `device-readable indirect descriptor ${k} after a device-writable one`; break; }
+            const h = this.ind32[4 * k + 1];
+            c.add(h >= 0x200000 ? NaN : h * TWO32 + this.ind32[4 * k], this.ind32[4 * k + 2], w);
+          }
+        }
+      } else {
+        const w = (flags & VRING_DESC_F_WRITE) !== 0;
+        if (w) sawWrite = true;
+        else if (sawWrite && !c.error) c.error = `device-readable descriptor at slot ${pos} after a device-writable one`;
+        c.add(hi >= 0x200000 ? NaN : hi * TWO32 + lo, len, w);
+      }
+      if (++pos === num) { pos = 0; wrap = !wrap; }
+      if (!(flags & VRING_DESC_F_NEXT)) break;
+    }
+    if (c.readable + c.writable > 0xffffffff && !c.error) c.error = 'chain length above 4 GiB';
+    c.head = id;
+    c.count = count;
+    this.lastAvail = pos;
+    this.availWrap = wrap;
+  }
+
+  /** Write used descriptors: all but the first in full, then the first's id/len, then its flags (publishes the batch). */
+  private flushPacked(n: number): void {
+    const num = this.num, b = this.small;
+    const firstPos = this.nextUsed, firstWrap = this.usedWrap;
+    let pos = this.nextUsed, wrap = this.usedWrap;
+    const ubuf = this.usedBuf;
+    const d = Buffer.alloc(8);
+    for (let i = 0; i < n; i++) {
+      const id = ubuf.readUInt32LE(8 * i), len = ubuf.readUInt32LE(8 * i + 4);
+      if (i > 0) {
+        d.writeUInt32LE(len, 0);
+        d.writeUInt16LE(id & 0xffff, 4);
+        d.writeUInt16LE(wrap ? VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED : 0, 6);
+        this.mem.write(this.descGpa + 16 * pos + 8, d, 0, 8);
+      }
+      pos += this.stagedCount[i];
+      while (pos >= num) { pos -= num; wrap = !wrap; }
+    }
+    b.writeUInt32LE(ubuf.readUInt32LE(4), 0);
+    b.writeUInt16LE(ubuf.readUInt32LE(0) & 0xffff, 4);
+    this.mem.write(this.descGpa + 16 * firstPos + 8, b, 0, 6);
+    b.writeUInt16LE(firstWrap ? VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED : 0, 0);
+    this.mem.write(this.descGpa + 16 * firstPos + 14, b, 0, 2);
+    this.nextUsed = pos;
+    this.usedWrap = wrap;
+    this.stats.used += n;
+    fence();
+    if (this.shouldCallPacked()) this.call();
+    else this.stats.suppressedCalls++;
+  }
+
+  /** Driver event suppression (DPDK's rule for DESC mode, positions in ring slots). */
+  private shouldCallPacked(): boolean {
+    this.mem.read(this.availGpa, this.small, 0, 4);
+    const offWrap = this.small.readUInt16LE(0), flags = this.small.readUInt16LE(2);
+    const valid = this.signalledValid;
+    let old = this.signalledUsed;
+    const now = this.nextUsed;
+    this.signalledValid = true;
+    this.signalledUsed = now;
+    if (flags !== RING_EVENT_FLAGS_DESC) return flags !== RING_EVENT_FLAGS_DISABLE;
+    if (!valid) return true;
+    let off = offWrap & 0x7fff;
+    if (now <= old) old -= this.num;
+    if ((this.usedWrap ? 1 : 0) !== offWrap >> 15) off -= this.num;
+    return needEvent(off, now, old);
   }
 
   /** Guest-physical ring areas (for reports). */

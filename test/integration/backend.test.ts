@@ -285,9 +285,9 @@ test('net tap (CLI in a network namespace): guest and host ping each other throu
   });
 });
 
-async function virtioUser(peers: PeerSet, socket: string, name: string, queues = 1): Promise<{ rx: number; tx: number; pps: number[] }> {
+async function virtioUser(peers: PeerSet, socket: string, name: string, queues = 1, packedVq = false): Promise<{ rx: number; tx: number; pps: number[] }> {
   const tp = peers.testpmd({
-    name, vdev: { kind: 'virtio-user', path: socket, queues }, txFirst: true,
+    name, vdev: { kind: 'virtio-user', path: socket, queues, packedVq }, txFirst: true,
     extraArgs: queues > 1 ? [`--rxq=${queues}`, `--txq=${queues}`] : [],
   });
   await tp.start();
@@ -340,5 +340,29 @@ test('net loopback with two queue pairs (MQ) and DPDK virtio-user queues=2: fram
   assert.deepEqual([...s.state.vrings.keys()].sort(), [0, 1, 2, 3], 'four vrings set up');
   const kicked = new Set(events.flatMap((e) => (e.kind === 'notify' && e.what === 'kick' ? [e.vring] : [])));
   assert.ok(kicked.has(1) && kicked.has(3), `both TX queues kicked (${[...kicked]})`);
+  assert.deepEqual(events.filter((e) => e.kind === 'error'), []);
+});
+
+test('net loopback with a packed ring (DPDK virtio-user packed_vq=1): frames come back, GET_VRING_BASE carries both wrap counters', GUARD, async (t) => {
+  requireTestpmd();
+  const peers = usePeers(t);
+  const dir = peers.tmpDir('be-packed');
+  const socket = join(dir, 'net.sock');
+  const { be, events } = startBackend(t, { device: 'net', net: { mode: 'loopback' }, endpoint: { mode: 'listen', path: socket } });
+  await be.start();
+  await withPeerLogs(peers, async () => {
+    const r = await virtioUser(peers, socket, 'testpmd-virtio-user-packed', 1, true);
+    note(t, 'virtio-user packed_vq=1', r);
+    assert.ok(r.rx >= 1000, `frames came back (${r.rx})`);
+    await until(() => events.find((e) => e.kind === 'session' && e.event === 'end'), 'session end');
+  });
+  const s = be.tracker.sessions.get(1)!;
+  assert.ok(((s.state.features.acked ?? 0n) >> 34n) & 1n, 'VIRTIO_F_RING_PACKED negotiated');
+  const bases = s.messages.filter((m) => m.name === 'GET_VRING_BASE' && m.reply);
+  assert.equal(bases.length, 2);
+  for (const b of bases) {
+    const p = b.payload as { availIdx: number; usedIdx: number };
+    assert.equal(p.availIdx, p.usedIdx, 'nothing in flight when the ring stops');
+  }
   assert.deepEqual(events.filter((e) => e.kind === 'error'), []);
 });

@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { DeviceMemory, DeviceMemoryError } from '../../core/backend/memory';
 import { VirtQueue, QueueError, needEvent, chainCopyCheck, VRING_USED_F_NO_NOTIFY, VRING_AVAIL_F_NO_INTERRUPT } from '../../core/backend/virtqueue';
-import { Arena, SplitDriver } from '../../core/backend/driver';
+import { Arena, PackedDriver, SplitDriver } from '../../core/backend/driver';
 import { BlkDevice, BLK_S, BLK_T } from '../../core/backend/blk';
 import { NetDevice } from '../../core/backend/net';
 import { Responder, inetChecksum, parseIpv4, parseMac, rarpFrame } from '../../core/backend/packets';
@@ -403,4 +403,81 @@ test('net: malformed TX chains are reported and returned, never crash the device
   assert.equal(r.reports.length, 2);
   assert.match(r.reports.join('\n'), /readable bytes/);
   assert.match(r.reports.join('\n'), /in no memory region/);
+});
+
+// ---- packed rings ---------------------------------------------------------------------------------------------
+
+function packedQueue(g: Guest, drv: PackedDriver, eventIdx = false): VirtQueue {
+  const q = new VirtQueue(0, g.mem);
+  q.packed = true;
+  q.setNum(drv.num);
+  q.setAddr(BigInt(drv.desc + DELTA), BigInt(drv.deviceEvent + DELTA), BigInt(drv.driverEvent + DELTA), 0);
+  q.setBase(0x8000); // avail slot 0, wrap 1; used = avail
+  q.eventIdx = eventIdx;
+  q.indirectOk = true;
+  q.started = q.enabled = true;
+  q.callFd = devNull;
+  return q;
+}
+
+test('packed ring: chains (direct, indirect) popped, used descriptors written with the right wrap, across the wrap', () => {
+  const g = guest();
+  const drv = new PackedDriver(g.mem, g.arena, 4);
+  const q = packedQueue(g, drv);
+  const seen: { id: number; len: number }[] = [];
+  for (let round = 0; round < 5; round++) {
+    const a = drv.add([{ len: 16, data: Buffer.alloc(16, round) }, { len: 64, write: true }]);
+    const b = drv.add([{ len: 8 }, { len: 8, write: true }, { len: 8, write: true }], { indirect: true });
+    q.prepare();
+    const cs = q.pop(64);
+    assert.deepEqual(cs.map((c) => [c.head, c.count, c.readable, c.writable, c.error]), [[a.id, 2, 16, 64, undefined], [b.id, 1, 8, 16, undefined]], `round ${round}`);
+    const [c0, c1] = [cs[0], cs[1]];
+    q.use(c0, 64);
+    q.use(c1, 16);
+    q.flush();
+    seen.push(...drv.takeUsed());
+  }
+  assert.equal(seen.length, 10);
+  assert.deepEqual(seen.slice(0, 2).map((u) => u.len), [64, 16]);
+  // 5 rounds x 3 slots = 15 slots on a 4-slot ring: three wraps; the base encodes slot and both wrap counters.
+  const base = q.stop();
+  assert.equal(base & 0x7fff, 15 % 4);
+  assert.equal((base >>> 16) & 0x7fff, 15 % 4);
+  assert.equal(!!(base & 0x8000), Math.floor(15 / 4) % 2 === 0);
+  assert.equal(q.stats.calls, 5);
+});
+
+test('packed ring: driver event suppression (disable, DESC with EVENT_IDX) and device event flags', () => {
+  const g = guest();
+  const drv = new PackedDriver(g.mem, g.arena, 8);
+  const q = packedQueue(g, drv, true);
+  const use = () => q.drain((cs) => { for (const c of cs) q.use(c, 1); return true; });
+  drv.setDriverEvent(1); // disable
+  drv.add([{ len: 1, write: true }]);
+  const flagsDuring: number[] = [];
+  q.drain((cs) => { flagsDuring.push(drv.deviceEventFlags()); for (const c of cs) q.use(c, 1); return true; });
+  assert.deepEqual(flagsDuring, [1], 'device disables kicks while it works');
+  assert.equal(drv.deviceEventFlags(), 2, 'then asks for DESC events (EVENT_IDX)');
+  assert.equal(q.stats.calls, 0, 'no call: the driver disabled events');
+  drv.setDriverEvent(2, 0x8000 | 3); // call when the used slot passes 3 (wrap 1)
+  drv.add([{ len: 1, write: true }]);
+  use();
+  assert.equal(q.stats.calls, 0, 'slot 2 has not passed the event slot 3');
+  drv.add([{ len: 1, write: true }]);
+  drv.add([{ len: 1, write: true }]);
+  use();
+  assert.equal(q.stats.calls, 1, 'slot 4 passes 3');
+  assert.equal(drv.takeUsed().length, 4);
+});
+
+test('packed ring: a chain that runs into an unavailable descriptor faults the ring instead of guessing', () => {
+  const g = guest();
+  const drv = new PackedDriver(g.mem, g.arena, 8);
+  const q = packedQueue(g, drv);
+  drv.add([{ len: 16 }, { len: 16, write: true }]);
+  // Make slot 1 (the chain's second descriptor) look unavailable.
+  g.mem.write(drv.desc + 16 + 14, Buffer.from([0, 0]), 0, 2);
+  q.prepare();
+  assert.throws(() => q.pop(8), (e: Error) => e instanceof QueueError && /not available/.test(e.message));
+  assert.match(q.fault!, /packed chain at slot 0/);
 });
