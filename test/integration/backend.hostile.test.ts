@@ -239,3 +239,26 @@ test('hostile front-end: out-of-order and bad messages, rings and descriptors ou
   assert.deepEqual(final, { ledger: 0, violations: [] }, 'worker closed every fd exactly once');
   for (const f of [fe, fe2, fe3]) assert.equal(f.native.ledger.violations.length, 0);
 });
+
+test('CLI backend: usage errors are clear and exit 2', GUARD, async () => {
+  const { spawnSync } = await import('node:child_process');
+  const cli = path.join(__dirname, '..', '..', '..', 'dist', 'cli.js');
+  const run = (...args: string[]) => spawnSync(process.execPath, [cli, 'backend', ...args], { encoding: 'utf8' });
+  const cases: [string[], RegExp][] = [
+    [['blk', '--image', '/nonexistent'], /needs --socket PATH/],
+    [['blk', '--socket', '/tmp/x.sock'], /needs --image FILE/],
+    [['blk', '--socket', '/tmp/x.sock', '--image', '/nonexistent/disk.img'], /does not exist/],
+    [['net', '--socket', '/tmp/x.sock'], /exactly one of --tap IFNAME or --loopback/],
+    [['net', '--socket', '/tmp/x.sock', '--loopback', '--ip', '300.1.1.1'], /not an IPv4 address/],
+    [['net', '--socket', '/tmp/x.sock', '--loopback', '--vm-copy', 'maybe'], /--vm-copy must be auto, off or require/],
+    [['scsi', '--socket', '/tmp/x.sock'], /needs a device: blk or net/],
+  ];
+  for (const [args, re] of cases) {
+    const r = run(...args);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, re);
+  }
+  const help = run('help');
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /vhost-lens backend blk --socket PATH --image FILE/);
+});

@@ -481,3 +481,16 @@ test('packed ring: a chain that runs into an unavailable descriptor faults the r
   assert.throws(() => q.pop(8), (e: Error) => e instanceof QueueError && /not available/.test(e.message));
   assert.match(q.fault!, /packed chain at slot 0/);
 });
+
+test('net: SEND_RARP in loopback mode reaches the guest as a RARP broadcast from the announced MAC', () => {
+  const r = netRig();
+  const a = r.rx.add([{ len: 1526, write: true }]);
+  r.dev.rarp(GUEST_MAC);
+  const used = r.rx.takeUsed();
+  assert.equal(used.length, 1);
+  const f = Buffer.alloc(used[0].len);
+  r.g.mem.read(a.addrs[0], f, 0, f.length);
+  assert.equal(f.readUInt16BE(12 + 12), 0x8035, 'ethertype RARP');
+  assert.deepEqual([...f.subarray(12 + 6, 12 + 12)], [...GUEST_MAC], 'source MAC = the announced one');
+  assert.equal(r.dev.counters.rarp, 1);
+});
