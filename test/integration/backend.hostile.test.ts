@@ -120,6 +120,7 @@ test('hostile front-end: out-of-order and bad messages, rings and descriptors ou
   const be = new Backend({ device: 'blk', blk: { image }, endpoint: { mode: 'listen', path: socket } });
   const events: EngineEvent[] = [];
   be.on('event', (e) => events.push(e));
+  t.after(() => be.stop());
   await be.start();
   assert.equal(fs.statSync(socket).mode & 0o777, 0o600, 'listening socket is 0600');
   const errors = () => events.flatMap((e) => (e.kind === 'error' ? [e.message] : []));
@@ -261,4 +262,35 @@ test('CLI backend: usage errors are clear and exit 2', GUARD, async () => {
   const help = run('help');
   assert.equal(help.status, 0);
   assert.match(help.stdout, /vhost-lens backend blk --socket PATH --image FILE/);
+});
+
+test('breakpoints: a gated request is held (not handled, not answered) until released', GUARD, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vl-gate-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const image = path.join(dir, 'disk.img');
+  fs.writeFileSync(image, Buffer.alloc(8 * 512));
+  const socket = path.join(dir, 'blk.sock');
+  const be = new Backend({ device: 'blk', blk: { image }, endpoint: { mode: 'listen', path: socket } });
+  const events: EngineEvent[] = [];
+  be.on('event', (e) => events.push(e));
+  t.after(() => be.stop());
+  await be.start();
+  be.setGate(false, ['main:15']); // GET_PROTOCOL_FEATURES
+  const fe = new ScriptedFrontEnd(socket);
+  try {
+    fe.msg(1);
+    await fe.ack(1);
+    fe.msg(15);
+    const held = await until(() => events.find((e) => e.kind === 'held'), 'held event') as Extract<EngineEvent, { kind: 'held' }>;
+    assert.equal(held.msg.name, 'GET_PROTOCOL_FEATURES');
+    await assert.rejects(fe.reply(300), /no reply/, 'no answer while held');
+    be.release(held.holdId);
+    assert.ok((await fe.ack(15)) & (1n << 3n), 'answered after release (REPLY_ACK offered)');
+    const s = be.tracker.sessions.get(1)!;
+    await until(() => s.messages.length === 4, 'four messages tracked');
+    assert.deepEqual(s.messages.map((m) => `${m.from[0]}:${m.name}`), ['f:GET_FEATURES', 'b:GET_FEATURES', 'f:GET_PROTOCOL_FEATURES', 'b:GET_PROTOCOL_FEATURES']);
+  } finally {
+    fe.close();
+  }
+  assert.deepEqual(await be.stop(), { ledger: 0, violations: [] });
 });
