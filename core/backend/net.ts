@@ -177,17 +177,23 @@ export class NetDevice implements Device {
       }
       if (P.length) {
         ctx.mem.readSegs(A, L, A.length, staging!, 0);
+        // Frames stay in the staging area (views) while this batch goes to RX; the ones left waiting are copied out.
         for (let i = 0; i < P.length; i += 4) {
-          const buf = Buffer.allocUnsafe(P[i + 2]);
-          staging!.copy(buf, 0, P[i + 1], P[i + 1] + P[i + 2]);
           q.push(P[i], 0, P[i + 3]);
-          this.sent(pair, buf, P[i + 2]);
+          this.sent(pair, staging!.subarray(P[i + 1], P[i + 1] + P[i + 2]), P[i + 2]);
         }
       }
       this.fillRx(pair);
+      if (P.length) this.ownPending(pair, staging!);
       return true;
     }, 64, this.opts.pollUs ?? 0, TX_SLICE_US);
     if (r.yielded) ctx.rerun(q);
+  }
+
+  /** Copy pending frames that still point into the staging area (the next gather overwrites it). */
+  private ownPending(pair: number, staging: Buffer): void {
+    const p = this.pending[pair];
+    for (let i = 0; i < p.length; i++) if (p[i].buffer === staging.buffer) p[i] = Buffer.from(p[i]);
   }
 
   private sent(pair: number, buf: Buffer, total: number): void {
