@@ -1,4 +1,4 @@
-// Device-side guest memory for the built-in back-ends: bounds-checked pread/pwrite on region fds, Number addresses, no mmap.
+// Device-side guest memory: bounds-checked pread/pwrite on region fds, or one process_vm_readv/writev per scatter list where proven safe; no mmap.
 import * as fs from 'node:fs';
 import type { RemoteCopier } from '../sys/native';
 import { regionMappedBy, parseMaps } from './remote';

@@ -159,7 +159,7 @@ export class VhostSession {
         for (const vq of this.queues) vq.memoryChanged();
         return { ok: true };
       }
-      case 'SET_VRING_NUM': take(0); { const vq = q(); this.stopIfRunning(vq); vq.setNum(p.num); } return { ok: true };
+      case 'SET_VRING_NUM': take(0); { const vq = q(); this.warnIfStarted(vq); vq.setNum(p.num); } return { ok: true };
       case 'SET_VRING_ADDR': take(0); q().setAddr(p.desc, p.used, p.avail, p.flags); return { ok: true };
       case 'SET_VRING_BASE': take(0); { const vq = q(); if (!vq.packed && p.num > 0xffff) throw new Error(`split ring base ${p.num} above 65535`); vq.setBase(p.num); } return { ok: true };
       case 'GET_VRING_BASE': {
@@ -288,7 +288,7 @@ export class VhostSession {
     this.pump.setTimer(0, () => { this.rerunPending.delete(vq.index); this.run(vq); });
   }
 
-  private stopIfRunning(vq: VirtQueue): void {
+  private warnIfStarted(vq: VirtQueue): void {
     if (vq.started) this.hooks.report(`vring ${vq.index}: SET_VRING_NUM while the ring is started`);
   }
 

@@ -1,4 +1,4 @@
-// Device side of a split virtqueue (virtio 1.2 2.7): pop avail chains in batches, push used entries, EVENT_IDX and suppression.
+// Device side of a virtqueue, split (virtio 1.2 2.7) or packed (2.8): pop chains in batches, write used entries, EVENT_IDX and suppression.
 import * as fs from 'node:fs';
 import { DeviceMemoryError, type DeviceMemory } from './memory';
 
