@@ -4,9 +4,13 @@ import { PumpHost, hostNative } from '../node/pumpHost';
 import { SessionTracker, type EngineEvent } from '../session/tracker';
 import type { WorkerEvent } from '../node/workerProtocol';
 import type { Engine } from '../engine';
-import type { BackendOptions } from './program';
+import { CaptureWriter } from '../proxy/capture';
+import type { BackendOptions as ProgramOptions } from './program';
 
-export type { BackendOptions } from './program';
+export interface BackendOptions extends ProgramOptions {
+  /** Record the session for `vhost-lens replay` (the proxy's capture format). */
+  capture?: string;
+}
 
 /**
  * Serves a front-end with a built-in vhost-user device (blk on a raw image, net on a TAP device or in loopback).
@@ -15,6 +19,7 @@ export type { BackendOptions } from './program';
 export class Backend extends EventEmitter<{ event: [EngineEvent] }> implements Engine {
   readonly tracker: SessionTracker;
   readonly host: PumpHost;
+  private capture?: CaptureWriter;
   private workerFinal?: { ledger: number; violations: string[] };
 
   constructor(readonly opts: BackendOptions) {
@@ -26,9 +31,15 @@ export class Backend extends EventEmitter<{ event: [EngineEvent] }> implements E
       closeFd: (fd) => native.close(fd),
     });
     this.tracker.on('event', (e) => this.emit('event', e));
-    this.host = new PumpHost('backend', opts, native);
+    if (opts.capture) {
+      const dev = opts.device === 'blk' ? `blk:${opts.blk?.image}` : `net:${opts.net?.mode}${opts.net?.tap ? `:${opts.net.tap}` : ''}`;
+      this.capture = new CaptureWriter(opts.capture, { tool: 'vhost-lens backend', frontend: `${opts.endpoint.mode}:${opts.endpoint.path}`, backend: `built-in ${dev}`, device: opts.device });
+    }
+    const { capture: _c, ...program } = opts;
+    this.host = new PumpHost('backend', program, native);
     this.host.on('event', (e: WorkerEvent) => {
       if (e.kind === 'stopped') this.workerFinal = { ledger: e.ledger, violations: e.violations };
+      this.capture?.write(e);
       this.tracker.handle(e);
     });
   }
@@ -42,11 +53,15 @@ export class Backend extends EventEmitter<{ event: [EngineEvent] }> implements E
   async stop(): Promise<{ ledger: number; violations: string[] }> {
     await this.host.stop();
     this.tracker.closeAll();
+    this.capture?.close();
+    this.capture = undefined;
     return this.workerFinal ?? { ledger: -1, violations: [] };
   }
 
   async finished(): Promise<void> {
     await this.host.exitedPromise();
     this.tracker.closeAll();
+    this.capture?.close();
+    this.capture = undefined;
   }
 }

@@ -1,4 +1,4 @@
-// A minimal driver side of a split virtqueue over fd-backed guest memory: lays out rings, offers chains, reads used entries.
+// A minimal driver side of split and packed virtqueues over fd-backed guest memory: lays out rings, offers chains, reads used.
 // Used by the back-end's tests and benches (and by the scripted front-end) to play the guest; never by the device itself.
 import { DeviceMemory } from './memory';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL, VRING_PACKED_DESC_F_USED } from './virtqueue';

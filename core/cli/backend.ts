@@ -16,6 +16,7 @@ export const BACKEND_HELP = `usage:
 options:
   --connect             connect to PATH (the front-end listens, e.g. QEMU server=on) instead of listening on it
   --json                one JSON object per line (kind: message, state, session, connection, notify, error, ring, summary)
+  --capture FILE        record the session for vhost-lens replay
   --notifiers           report kick and call counts (kind:"notify")
   --rings [--poll-hz N] watch every live vring (kind:"ring")
   --socket-mode MODE    mode of the listening socket (octal, default 600)
@@ -44,6 +45,7 @@ export function backendOptions(p: Parsed): BackendOptions {
     notifiers: p.flags.has('notifiers'),
     notifyIntervalMs: num(p, 'notify-interval'),
     vmCopy: vmCopy(p),
+    capture: str(p, 'capture'),
   };
   const pollUs = num(p, 'poll-us');
   if (kind === 'blk') {

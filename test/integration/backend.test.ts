@@ -123,7 +123,8 @@ test('blk (CLI --readonly): the guest sees a read-only disk, writes fail, the im
   const content = randomBytes(8 << 20);
   fs.writeFileSync(image, content);
   const socket = join(dir, 'blk.sock');
-  const cli = runCli(t, ['backend', 'blk', '--socket', socket, '--image', image, '--readonly', '--json']);
+  const capture = join(dir, 'ro.vlcap');
+  const cli = runCli(t, ['backend', 'blk', '--socket', socket, '--image', image, '--readonly', '--json', '--capture', capture]);
   await withPeerLogs(peers, () => withCli(cli, async () => {
     await cli.waitFor((c) => c.of('connection').find((l) => l.event === 'listening'), 'back-end listening');
     const g = peers.qemu({ name: 'qemu-blk-ro', blk: [{ socket }] });
@@ -144,6 +145,11 @@ test('blk (CLI --readonly): the guest sees a read-only disk, writes fail, the im
   assert.ok(fs.readFileSync(image).equals(content), 'image unchanged');
   const f = cli.messages().find((m) => m.name === 'GET_FEATURES' && m.from === 'backend');
   assert.ok(f && JSON.stringify(f).includes('RO'), 'the offered features name RO');
+  // The capture replays to the same decoded messages.
+  const replay = spawnSync(process.execPath, [CLI, 'replay', capture, '--json'], { encoding: 'utf8' });
+  assert.equal(replay.status, 0, replay.stderr);
+  const replayed = replay.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l)).filter((l) => l.kind === 'message');
+  assert.deepEqual(replayed.map((m) => `${m.from}:${m.name}`), cli.messages().map((m) => `${m.from}:${m.name}`));
 });
 
 test('blk (in-process): QEMU reconnect=1 survives back-end restarts; rings resume from the returned index', GUARD, async (t) => {
