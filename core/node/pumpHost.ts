@@ -27,6 +27,8 @@ export class PumpHost extends EventEmitter<PumpHostEvents> {
 
   constructor(program: ProgramName, options: unknown, readonly native: FfiNative = hostNative()) {
     super();
+    // The host thread must load the ffi-rs addon before any worker does: when a worker is the first to load it,
+    // the process segfaults as that worker exits (measured with ffi-rs 1.3.7 on Node 20). `native` is built here.
     this.doorbell = native.eventfd(0, `pump doorbell (${program})`);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
