@@ -1,5 +1,6 @@
 // The vhost-lens command line: proxy, replay, table (and the commands of later engines), headless over the core.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import { Proxy } from '../proxy/proxy';
 import { readCapture, CaptureError } from '../proxy/capture';
 import { SessionTracker, type EngineEvent } from '../session/tracker';
@@ -18,7 +19,7 @@ export class UsageError extends Error {}
 export interface Parsed { cmd: string; args: string[]; flags: Map<string, string | true> }
 
 /** Flags that take a value (other engines' commands add theirs). */
-export const VALUED = new Set(['frontend', 'backend', 'capture', 'device', 'socket-mode', 'socket-group', 'max-sessions', 'poll-hz', 'connect-timeout', 'notify-interval', 'socket', 'image', 'tap', 'ip', 'mac']);
+export const VALUED = new Set(['frontend', 'backend', 'capture', 'device', 'socket-mode', 'socket-group', 'max-sessions', 'poll-hz', 'connect-timeout', 'notify-interval', 'socket', 'image', 'tap', 'ip', 'mac', 'ring-sample']);
 
 export function parseArgs(argv: string[]): Parsed {
   const [cmd = 'help', ...rest] = argv;
@@ -128,6 +129,7 @@ usage:
       --rings               watch every live vring through the guest memory fds (kind:"ring": chains, payloads)
       --poll-hz N           ring polling rate with --rings (default 100); kill -USR1 PID prints a snapshot of every vring
                             with --notifiers too, split rings are captured exactly at each kick and call instead
+      --ring-sample N       decode at most N new entries per poll and direction, count the rest (default 16)
       --socket-mode MODE    mode of listening sockets (octal, default 600)
       --socket-group GROUP  group of listening sockets (e.g. the group QEMU runs as)
       --max-sessions N      exit after N sessions have ended
@@ -176,6 +178,10 @@ export async function runEngine(engine: Engine, p: Parsed, io: CliIo = stdio, si
     throw new UsageError((e as Error).message.replace(/^listen: |^bind: /, 'cannot listen: '));
   }
   for (const hook of engineHooks) hook(engine, p, printer);
+  // The observer yields to what it observes: this (host) thread decodes and prints at nice 10, while the relay
+  // worker, already spawned, keeps normal priority. Linux nice values are per thread; os.setPriority() without a
+  // pid applies to the calling thread only.
+  lowerObserverPriority();
   const stopped = new Promise<'signal' | 'done'>((resolve) => {
     const onSig = () => resolve('signal');
     process.once('SIGINT', onSig);
@@ -192,6 +198,11 @@ export async function runEngine(engine: Engine, p: Parsed, io: CliIo = stdio, si
     printer.line(`--- summary: ${sessions.length} session(s), ${sessions.reduce((n, s) => n + s.messages, 0)} messages, ${sessions.reduce((n, s) => n + s.problems, 0)} problems; open fds: worker ${final.ledger}, host ${hostFds}`);
   }
   return 0;
+}
+
+/** Nice 10 for the calling thread (decoding, printing, ring watching); the relay worker is left as it was. */
+export function lowerObserverPriority(nice = 10): void {
+  try { if (os.getPriority() < nice) os.setPriority(nice); } catch { /* not permitted: fine */ }
 }
 
 /** Extra observers attached to every engine the CLI runs (e.g. ring watch with --rings). */

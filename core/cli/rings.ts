@@ -12,7 +12,8 @@ export function chainText(c: ChainView): string {
 
 export function ringLine(e: RingEvent): string {
   const idx = `${e.availIdx !== undefined ? ` avail ${e.availIdx}` : ''}${e.usedIdx !== undefined ? ` used ${e.usedIdx}` : ''}`;
-  const parts = [...e.chains.map(chainText), ...e.errors.map((x) => `!! ${x}`), ...(e.resync && e.resync !== 'start' ? [`resync: ${e.resync}`] : [])];
+  const parts = [...e.chains.map(chainText), ...e.errors.map((x) => `!! ${x}`), ...(e.resync && e.resync !== 'start' ? [`resync: ${e.resync}`] : []),
+    ...(e.skipped ? [`(+${e.skipped.avail} offered, +${e.skipped.used} used not shown: sampling)`] : [])];
   if (!parts.length) return '';
   return `    ~ vring ${e.vring}${e.source === 'poll' ? '' : ` at ${e.source}`}${idx}: ${parts.join('; ')}`;
 }
@@ -37,7 +38,8 @@ engineHooks.push((engine, p, printer: Printer) => {
   const pollHz = num(p, 'poll-hz') ?? 100;
   if (p.flags.has('poll-hz') && !rings) throw new UsageError('--poll-hz needs --rings');
   if (rings && (pollHz <= 0 || pollHz > 10000)) throw new UsageError('--poll-hz must be between 1 and 10000');
-  const obs = new RingObserver(engine, { pollHz: rings ? pollHz : 0, captures: rings && p.flags.has('notifiers') });
+  const sample = num(p, 'ring-sample') ?? 16;
+  const obs = new RingObserver(engine, { pollHz: rings ? pollHz : 0, captures: rings && p.flags.has('notifiers'), sample });
   obs.on('fault', (err) => printer.event({ kind: 'error', where: 'ring observer', message: err.message }, engine.tracker));
   if (rings) {
     obs.on('ring', (e) => {

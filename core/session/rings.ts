@@ -35,6 +35,8 @@ export interface RingEvent {
   chains: ChainView[];
   errors: string[];
   resync?: string;
+  /** Entries seen move past but not decoded (sampling at high rates). */
+  skipped?: { avail: number; used: number };
   /** How it was seen: polled, or captured when the driver kicked / the device called (exact). */
   source: 'poll' | 'kick' | 'call';
 }
@@ -80,6 +82,8 @@ export interface RingObserverOptions {
   pollHz: number;
   /** The relay captures split rings at each interposed kick/call: do not poll those rings, decode the captures. */
   captures?: boolean;
+  /** Most new entries decoded per poll and direction (the newest); the rest are counted as skipped. Default 16. */
+  sample?: number;
 }
 
 export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Error] }> {
@@ -171,7 +175,7 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Erro
     }
     const watcher = new RingWatcher({
       memory: this.memory(s), ring: cfg, device: s.state.device, features: s.state.features.acked,
-      intervalMs: Math.max(1, Math.round(1000 / this.opts.pollHz)),
+      intervalMs: Math.max(1, Math.round(1000 / this.opts.pollHz)), sample: this.opts.sample ?? 16,
     });
     const nw: Watch = { watcher, key };
     watcher.on((ev) => this.collect(s.state.id, v.index, nw, ev));
@@ -195,6 +199,12 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Erro
         break;
       case 'error': p.errors.push(ev.error.message); break;
       case 'resync': p.resync = ev.reason; break;
+      case 'skipped': {
+        const k = (p.skipped ??= { avail: 0, used: 0 });
+        k.avail += ev.avail;
+        k.used += ev.used;
+        break;
+      }
     }
   }
 
@@ -216,7 +226,7 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Erro
     const chainErrors = new Set(p.chains.flatMap((c) => (c.error ? [c.error] : [])));
     p.chains = chains;
     p.errors = [...new Set(p.errors)].filter((e) => ![...chainErrors].some((ce) => ce.includes(e) || e.includes(ce.replace(/^recycled[^:]*: /, ''))));
-    if (p.chains.length || p.errors.length || p.resync) this.send(p);
+    if (p.chains.length || p.errors.length || p.resync || p.skipped) this.send(p);
   }
 
   private dropSession(session: number): void {

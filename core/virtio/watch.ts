@@ -53,13 +53,20 @@ export interface WatchOptions {
   now?: () => number;
   /** Descriptor budget per poll (default as for snapshots). */
   budget?: number;
+  /**
+   * Split rings: decode at most this many new avail and used entries per poll (the newest); more are counted in a
+   * 'skipped' event and in-flight tracking restarts. At millions of buffers per second nobody reads every one, and
+   * decoding them all would steal the CPU the data plane needs. Default: no limit.
+   */
+  sample?: number;
 }
 
 export type WatchEvent =
   | { kind: 'avail'; vring: number; time: number; pos: number; chain: Chain; payload?: Payload }
   | { kind: 'used'; vring: number; time: number; pos: number; id: number; len: number; chain?: Chain; payload?: Payload; latencyMs?: number }
   | { kind: 'error'; vring: number; time: number; error: RingError }
-  | { kind: 'resync'; vring: number; time: number; reason: string; inflight: number };
+  | { kind: 'resync'; vring: number; time: number; reason: string; inflight: number }
+  | { kind: 'skipped'; vring: number; time: number; avail: number; used: number };
 
 export interface InflightEntry {
   /** Split: head descriptor index. Packed: buffer id. */
@@ -260,9 +267,20 @@ export class RingWatcher {
     const n = cfg.num;
     const t = this.now();
     const { availIdx, usedIdx } = readSplitIndices(ctx);
-    const newA = u16(availIdx - this.lastAvail);
-    const newU = u16(usedIdx - this.lastUsed);
+    let newA = u16(availIdx - this.lastAvail);
+    let newU = u16(usedIdx - this.lastUsed);
     if (newA === 0 && newU === 0) return;
+    const sample = this.opts.sample ?? Infinity;
+    let lossy = false;
+    if ((newA > sample || newU > sample) && u16(availIdx - usedIdx) <= n) {
+      // More than we report per poll: keep the newest `sample` of each kind; what was in flight is no longer known.
+      const skippedA = Math.max(0, newA - sample), skippedU = Math.max(0, newU - sample);
+      if (skippedA) { this.lastAvail = u16(availIdx - sample); newA = sample; }
+      if (skippedU) { this.lastUsed = u16(usedIdx - sample); newU = sample; }
+      this.inflightMap.clear();
+      lossy = true;
+      out.push({ kind: 'skipped', vring: cfg.index, time: t, avail: skippedA, used: skippedU });
+    }
     const jump = newA > n ? `avail idx moved from ${this.lastAvail} to ${availIdx}`
       : newU > n ? `used idx moved from ${this.lastUsed} to ${usedIdx}`
       : u16(availIdx - usedIdx) > n ? `used idx ${usedIdx} is not within ${n} behind avail idx ${availIdx}` : undefined;
@@ -300,7 +318,10 @@ export class RingWatcher {
         const entry = id < 0x10000 ? this.untrack(id) : undefined;
         let chain: Chain | undefined;
         if (entry) chain = { ...entry.chain, state: 'used', usedLen: len, usedPos: q };
-        else {
+        else if (lossy && id < n) {
+          // Sampling lost track of what was offered: walk it now, no complaint.
+          chain = walkSplitChain(ctx, table, id); chain.state = 'used'; chain.usedLen = len; chain.usedPos = q;
+        } else {
           const error = id >= n
             ? new RingError('used-id-out-of-range', cfg.index, `used[${q % n}].id ${id} >= ring size ${n}`, { head: id })
             : new RingError('unknown-used-id', cfg.index, `used[${q % n}].id ${id} is not in flight`, { head: id });
