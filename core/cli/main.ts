@@ -145,7 +145,10 @@ const stdio: CliIo = { out: (s) => process.stdout.write(s), err: (s) => process.
 function checkConnectSide(ep: Endpoint, what: string): void {
   if (ep.mode !== 'connect') return;
   let st: fs.Stats;
-  try { st = fs.statSync(ep.path); } catch { throw new UsageError(`${what} socket ${ep.path} does not exist (start the ${what} first, or pass --wait)`); }
+  try { st = fs.statSync(ep.path); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EACCES') throw new UsageError(`${what} socket ${ep.path}: permission denied (EACCES)`);
+    throw new UsageError(`${what} socket ${ep.path} does not exist (start the ${what} first, or pass --wait)`);
+  }
   if (!st.isSocket()) throw new UsageError(`${what} path ${ep.path} is not a socket`);
 }
 
@@ -177,7 +180,12 @@ export async function runEngine(engine: Engine, p: Parsed, io: CliIo = stdio, si
     await engine.stop();
     throw new UsageError((e as Error).message.replace(/^listen: |^bind: /, 'cannot listen: '));
   }
-  for (const hook of engineHooks) hook(engine, p, printer);
+  try {
+    for (const hook of engineHooks) hook(engine, p, printer);
+  } catch (e) {
+    await engine.stop(); // a bad flag found by an observer must not leave a listening socket behind
+    throw e;
+  }
   // The observer yields to what it observes: this (host) thread decodes and prints at nice 10, while the relay
   // worker, already spawned, keeps normal priority. Linux nice values are per thread; os.setPriority() without a
   // pid applies to the calling thread only.
