@@ -283,8 +283,10 @@ export class NetDevice implements Device {
     const pend = this.pending[pair];
     const ctx = this.ctx;
     const q = ctx?.queues[2 * pair];
-    if (!pend.length || !q || !q.runnable) return;
+    if (!q || !q.runnable) return;
     q.prepare();
+    // RX kicks matter only while frames wait for buffers: otherwise the driver need not kick (NO_NOTIFY).
+    if (!pend.length) { q.notifyOn(false); return; }
     const hdr = this.hdrLen;
     let batch: Chain[] = [];
     let bi = 0;
@@ -373,6 +375,7 @@ export class NetDevice implements Device {
       q.flush();
       if (sent) pend.splice(0, sent);
     }
+    if (!pend.length) q.notifyOn(false);
     if (pend.length < RX_BACKLOG / 4) this.resumeTap();
   }
 
