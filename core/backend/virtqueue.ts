@@ -126,6 +126,7 @@ export class VirtQueue {
   private usedBuf = Buffer.alloc(0);
   private indBuf = Buffer.from(this.ind32.buffer);
   private readonly small = Buffer.alloc(8);
+  private readonly word = Buffer.alloc(8);
   private readonly chains: Chain[] = [];
   /** Packed: ring positions (slot | wrap << 15) where recently popped chains start, for unpop. */
   private starts: number[] = [];
@@ -182,6 +183,27 @@ export class VirtQueue {
     this.fault = undefined;
   }
 
+  /**
+   * Ring indices shared with the driver are read and written as one aligned 8-byte access: the kernel copies
+   * 8 aligned bytes with a single move, but copies 2 bytes byte by byte, and a torn index (old high byte, new low
+   * byte) makes either side see hundreds of phantom entries. Returns the u16 at `gpa` read through that window.
+   */
+  private load16(gpa: number): number {
+    const w = gpa - (gpa % 8);
+    if (this.mem.check(w, 8) === undefined) {
+      this.mem.read(w, this.word, 0, 8);
+      return this.word.readUInt16LE(gpa - w);
+    }
+    // Fallback (window outside memory): read until two reads agree.
+    let prev = -1;
+    for (;;) {
+      this.mem.read(gpa, this.small, 0, 2);
+      const v = this.small.readUInt16LE(0);
+      if (v === prev) return v;
+      prev = v;
+    }
+  }
+
   /** The memory table changed: a ring that faulted on its addresses gets another chance. */
   memoryChanged(): void {
     this.memGen = -1;
@@ -209,8 +231,7 @@ export class VirtQueue {
       this.usedGpa = area(this.packed ? 'device event' : 'used', this.usedUva, this.packed ? 4 : 6 + 8 * this.num);
       this.memGen = this.mem.generation;
       if (this.syncUsed && !this.packed) {
-        this.mem.read(this.usedGpa + 2, this.small, 0, 2);
-        this.usedIdx = this.small.readUInt16LE(0);
+        this.usedIdx = this.load16(this.usedGpa + 2);
         this.syncUsed = false;
       }
     } catch (e) {
@@ -224,8 +245,7 @@ export class VirtQueue {
   /** Chains the driver has made available and the device has not taken. */
   availCount(): number {
     if (this.packed) return this.availPacked(64);
-    this.mem.read(this.availGpa + 2, this.small, 0, 2);
-    const idx = this.small.readUInt16LE(0);
+    const idx = this.load16(this.availGpa + 2);
     const n = (idx - this.lastAvail) & 0xffff;
     if (n > this.num) {
       this.fault = `avail index ${idx} is ${n} ahead of the device's ${this.lastAvail}, more than the ring size ${this.num}`;
@@ -337,26 +357,39 @@ export class VirtQueue {
     this.mem.write(this.usedGpa + 4 + 8 * start, this.usedBuf, 0, 8 * first);
     if (first < n) this.mem.write(this.usedGpa + 4, this.usedBuf, 8 * first, 8 * (n - first));
     this.usedIdx = (this.usedIdx + n) & 0xffff;
-    this.small.writeUInt16LE(this.usedIdx, 0);
-    this.mem.write(this.usedGpa + 2, this.small, 0, 2);
+    this.store16(this.usedGpa + 2, this.usedIdx);
     this.stats.used += n;
     fence();
     if (this.shouldCall()) this.call();
     else this.stats.suppressedCalls++;
   }
 
+  /**
+   * Publish a device-written u16 of the used ring (idx) with one 8-byte store: the window starts at the used ring
+   * (flags, idx, first element: only the device writes them), read first so the other bytes keep their values.
+   */
+  private store16(gpa: number, v: number): void {
+    const w = this.usedGpa;
+    if (gpa - w + 2 <= 8 && this.mem.check(w, 8) === undefined && (w % 64) <= 56) {
+      this.mem.read(w, this.word, 0, 8);
+      this.word.writeUInt16LE(v, gpa - w);
+      this.mem.write(w, this.word, 0, 8);
+      return;
+    }
+    this.small.writeUInt16LE(v, 0);
+    this.mem.write(gpa, this.small, 0, 2);
+  }
+
   /** libvhost-user's rule: with EVENT_IDX, compare against the used index at the previous check (signalled or not). */
   private shouldCall(): boolean {
     if (this.eventIdx) {
-      this.mem.read(this.availGpa + 4 + 2 * this.num, this.small, 0, 2);
-      const usedEvent = this.small.readUInt16LE(0);
+      const usedEvent = this.load16(this.availGpa + 4 + 2 * this.num);
       const valid = this.signalledValid, old = this.signalledUsed;
       this.signalledValid = true;
       this.signalledUsed = this.usedIdx;
       return !valid || needEvent(usedEvent, this.usedIdx, old);
     }
-    this.mem.read(this.availGpa, this.small, 0, 2);
-    return (this.small.readUInt16LE(0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    return (this.load16(this.availGpa) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
   /** Signal the call eventfd (no fd: the driver polls). */
@@ -395,8 +428,7 @@ export class VirtQueue {
     }
     if (this.noNotifySet === !enable) return;
     this.noNotifySet = !enable;
-    this.small.writeUInt16LE(enable ? 0 : VRING_USED_F_NO_NOTIFY, 0);
-    this.mem.write(this.usedGpa, this.small, 0, 2);
+    this.store16(this.usedGpa, enable ? 0 : VRING_USED_F_NO_NOTIFY);
   }
 
   /**
@@ -532,27 +564,24 @@ export class VirtQueue {
 
   /** Write used descriptors: all but the first in full, then the first's id/len, then its flags (publishes the batch). */
   private flushPacked(n: number): void {
-    const num = this.num, b = this.small;
-    const firstPos = this.nextUsed, firstWrap = this.usedWrap;
+    const num = this.num;
+    const firstPos = this.nextUsed;
     let pos = this.nextUsed, wrap = this.usedWrap;
     const ubuf = this.usedBuf;
-    const d = Buffer.alloc(8);
+    const d = this.word;
+    const first = this.small;
     for (let i = 0; i < n; i++) {
       const id = ubuf.readUInt32LE(8 * i), len = ubuf.readUInt32LE(8 * i + 4);
-      if (i > 0) {
-        d.writeUInt32LE(len, 0);
-        d.writeUInt16LE(id & 0xffff, 4);
-        d.writeUInt16LE(wrap ? VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED : 0, 6);
-        this.mem.write(this.descGpa + 16 * pos + 8, d, 0, 8);
-      }
+      d.writeUInt32LE(len, 0);
+      d.writeUInt16LE(id & 0xffff, 4);
+      d.writeUInt16LE(wrap ? VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED : 0, 6);
+      // len, id and flags land in one aligned 8-byte store: the driver never sees flags before len and id.
+      if (i === 0) d.copy(first, 0, 0, 8);
+      else this.mem.write(this.descGpa + 16 * pos + 8, d, 0, 8);
       pos += this.stagedCount[i];
       while (pos >= num) { pos -= num; wrap = !wrap; }
     }
-    b.writeUInt32LE(ubuf.readUInt32LE(4), 0);
-    b.writeUInt16LE(ubuf.readUInt32LE(0) & 0xffff, 4);
-    this.mem.write(this.descGpa + 16 * firstPos + 8, b, 0, 6);
-    b.writeUInt16LE(firstWrap ? VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED : 0, 0);
-    this.mem.write(this.descGpa + 16 * firstPos + 14, b, 0, 2);
+    this.mem.write(this.descGpa + 16 * firstPos + 8, first, 0, 8); // the first one last: it publishes the batch
     this.nextUsed = pos;
     this.usedWrap = wrap;
     this.stats.used += n;

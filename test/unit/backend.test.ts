@@ -494,3 +494,21 @@ test('net: SEND_RARP in loopback mode reaches the guest as a RARP broadcast from
   assert.deepEqual([...f.subarray(12 + 6, 12 + 12)], [...GUEST_MAC], 'source MAC = the announced one');
   assert.equal(r.dev.counters.rarp, 1);
 });
+
+test('ring indices shared with the driver move as one aligned 8-byte access (never a torn 2-byte copy)', () => {
+  const g = guest();
+  const drv = new SplitDriver(g.mem, g.arena, 8);
+  const q = queue(g, drv);
+  const writes: [number, number][] = [];
+  const reads: [number, number][] = [];
+  const w = g.mem.write.bind(g.mem), r = g.mem.read.bind(g.mem);
+  g.mem.write = (gpa, src, off, len) => { writes.push([gpa, len]); w(gpa, src, off, len); };
+  g.mem.read = (gpa, dst, off, len) => { reads.push([gpa, len]); r(gpa, dst, off, len); };
+  drv.add([{ len: 16 }, { len: 1, write: true }]);
+  q.drain((cs) => { for (const c of cs) q.use(c, 1); return true; });
+  assert.ok(writes.some(([a, l]) => a === drv.used && l === 8), 'used flags/idx written as 8 bytes at the used ring');
+  assert.ok(!writes.some(([a, l]) => a === drv.used + 2 && l === 2), 'no 2-byte write of used idx');
+  assert.ok(!reads.some(([a, l]) => a === drv.avail + 2 && l === 2), 'no 2-byte read of avail idx');
+  assert.equal(drv.takeUsed().length, 1);
+  assert.equal(drv.usedFlags(), 0);
+});
