@@ -50,7 +50,9 @@ export class VhostSession {
   constructor(private readonly native: Native, private readonly pump: EventPump, readonly device: Device, private readonly hooks: VhostHooks,
     private readonly opts: VhostSessionOptions = {}) {
     this.queues = Array.from({ length: device.vrings }, (_, i) => new VirtQueue(i, this.mem));
-    const mode = opts.vmCopy ?? 'auto';
+    // Default: guest memory only through the region fds this session received (pread/pwrite). The one-call copy
+    // through the front-end's own mapping is opt-in: it needs ptrace rights over the front-end.
+    const mode = opts.vmCopy ?? 'off';
     if (mode !== 'off' && opts.peerPid !== undefined && native.remoteCopier) {
       try { this.mem.enableRemote(opts.peerPid, native.remoteCopier(opts.peerPid, STAGING_BYTES)); } catch (e) {
         if (mode === 'require') hooks.report(`one-call copy path unavailable: ${(e as Error).message}`);

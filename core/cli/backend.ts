@@ -22,9 +22,10 @@ options:
   --socket-mode MODE    mode of the listening socket (octal, default 600)
   --socket-group GROUP  group of the listening socket
   --max-sessions N      exit after N front-end sessions have ended
-  --vm-copy MODE        guest memory copies through the front-end's own mapping (process_vm_readv/writev) where
-                        /proc/PID/maps proves it is the region's file: auto (default), off (pread/pwrite on the
-                        region fds only), require (report when it cannot be used)
+  --vm-copy MODE        off (default): guest memory only through the region fds the session received (pread/pwrite);
+                        auto: opt in to one-call copies through the front-end's own mapping (process_vm_readv/writev)
+                        where /proc/PID/maps proves it maps the region's file; needs ptrace rights over the
+                        front-end; require: like auto, and report when it cannot be used
   --poll-us N           after a ring runs dry, keep polling it N µs with kicks disabled (default 0: kick-driven)
 `;
 

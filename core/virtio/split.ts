@@ -85,12 +85,31 @@ export function readSplit(ctx: WalkContext): SplitRaw {
   };
 }
 
-/** Read only the two indices (cheap poll): avail.idx and used.idx. */
+/**
+ * A ring index the other side may be writing, read without tearing: a 2-byte pread is copied byte by byte by the
+ * kernel, so an index crossing a multiple of 256 can be seen half old, half new (hundreds of phantom entries).
+ * The aligned 8-byte window holding it is copied with a single move; where that window leaves guest memory, read
+ * until two reads agree (bounded).
+ */
+export function readIndex16(ctx: WalkContext, addr: bigint, what: string): number {
+  const w = addr - (addr % 8n);
+  let b: Uint8Array | undefined;
+  try { b = ctx.readRing(w, 8, what); } catch { b = undefined; }
+  if (b) { const o = Number(addr - w); return b[o] | (b[o + 1] << 8); }
+  let prev = -1, v = -1;
+  for (let i = 0; i < 8; i++) {
+    const x = ctx.readRing(addr, 2, what);
+    v = x[0] | (x[1] << 8);
+    if (v === prev) break;
+    prev = v;
+  }
+  return v;
+}
+
+/** Read only the two indices (cheap poll): avail.idx and used.idx, each without tearing. */
 export function readSplitIndices(ctx: WalkContext): { availIdx: number; usedIdx: number } {
   const cfg = ctx.cfg;
-  const a = ctx.readRing(cfg.avail + 2n, 2, 'avail idx');
-  const u = ctx.readRing(cfg.used + 2n, 2, 'used idx');
-  return { availIdx: a[0] | (a[1] << 8), usedIdx: u[0] | (u[1] << 8) };
+  return { availIdx: readIndex16(ctx, cfg.avail + 2n, 'avail idx'), usedIdx: readIndex16(ctx, cfg.used + 2n, 'used idx') };
 }
 
 /**
