@@ -4,7 +4,8 @@ import type { EventPump } from '../node/pump';
 import { FrameReader, Outbox, type Frame } from '../node/wire';
 import { EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLHUP, EPOLLERR, NativeError, type Native } from '../sys/native';
 import { specFor } from '../protocol/table';
-import { type Endpoint, type WorkerEvent, type WorkerCommand, type WireRecord, gateKey, nowMicros } from '../node/workerProtocol';
+import { type Endpoint, type WorkerEvent, type WorkerCommand, type WireRecord, nowMicros } from '../node/workerProtocol';
+import { Gate, ledgerStats } from '../node/gate';
 import { BlkDevice, type BlkOptions } from './blk';
 import { NetDevice, type NetOptions } from './net';
 import { VhostSession, type VmCopy } from './vhost';
@@ -52,17 +53,14 @@ interface Session {
   notifyTimer?: number;
 }
 
-interface Hold { id: number; frame: Frame; seq: number; time: number }
+interface Hold { frame: Frame; seq: number; time: number }
 
 export class BackendProgram {
   private listener?: number;
   private session?: Session;
   private nextSession = 1;
   private endedSessions = 0;
-  private gateAll = false;
-  private gateKeys = new Set<string>();
-  private hold?: Hold;
-  private nextHold = 1;
+  private readonly gate = new Gate<Hold>();
   private stopping = false;
   private device?: Device;
   private retryAnnounced = false;
@@ -94,13 +92,11 @@ export class BackendProgram {
   command(c: WorkerCommand): void {
     switch (c.type) {
       case 'gate':
-        this.gateAll = c.all;
-        this.gateKeys = new Set(c.keys);
+        this.gate.set(c.all, c.keys);
         break;
       case 'release': {
-        const h = this.hold;
-        if (!h || h.id !== c.holdId) break;
-        this.hold = undefined;
+        const h = this.gate.take(c.holdId);
+        if (!h) break;
         if (this.session) {
           this.deliver(h.frame, h.seq, h.time);
           this.setReading(true);
@@ -110,7 +106,7 @@ export class BackendProgram {
         break;
       }
       case 'stats':
-        this.post({ kind: 'stats', requestId: c.requestId, ledger: this.native.ledger.count, ledgerByKind: this.native.ledger.byKind(), violations: this.native.ledger.violations });
+        this.post(ledgerStats(this.native, c.requestId));
         break;
       case 'stop':
         this.stop();
@@ -211,7 +207,7 @@ export class BackendProgram {
       if (events & EPOLLOUT) s.out.flush();
       if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return;
       // Read every complete message now (a front-end may pipeline requests).
-      for (let i = 0; i < 64 && this.session === s && !this.hold && s.reading; i++) {
+      for (let i = 0; i < 64 && this.session === s && !this.gate.held && s.reading; i++) {
         const r = s.reader.step();
         if (r.t === 'more') return;
         if (r.t === 'frame') { this.onFrame(s, r.frame); continue; }
@@ -228,7 +224,7 @@ export class BackendProgram {
         this.endSession('the front-end closed the vhost-user connection');
         return;
       }
-      if (this.hold && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) this.endSession('the front-end disconnected while a message was held at a breakpoint');
+      if (this.gate.held && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) this.endSession('the front-end disconnected while a message was held at a breakpoint');
     } catch (e) {
       this.endSession(`vhost-user connection failed: ${(e as Error).message}`);
     }
@@ -238,9 +234,8 @@ export class BackendProgram {
     const seq = ++s.seq;
     const time = nowMicros();
     const code = u32(frame.bytes, 0);
-    if (this.gateAll || (this.gateKeys.size && this.gateKeys.has(gateKey('main', code)))) {
-      const id = this.nextHold++;
-      this.hold = { id, frame, seq, time };
+    if (this.gate.matches('main', code)) {
+      const id = this.gate.hold({ frame, seq, time });
       this.setReading(false);
       this.post({ kind: 'held', rec: this.record(s, frame, seq, time, 'frontend', { held: id, fds: frame.fds.map((f) => this.native.fdInfo(f)) }) });
       return;
@@ -337,7 +332,7 @@ export class BackendProgram {
     if (s.notifyTimer !== undefined) this.pump.clearTimer(s.notifyTimer);
     s.notifyTimer = undefined;
     this.reportNotifiers(s);
-    if (this.hold) { for (const f of this.hold.frame.fds) this.native.close(f); this.hold = undefined; }
+    for (const f of this.gate.drop()?.frame.fds ?? []) this.native.close(f);
     try { s.out.flush(); } catch { /* the front-end is gone */ }
     this.pump.unwatch(s.fd);
     s.out.discard();

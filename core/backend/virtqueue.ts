@@ -2,19 +2,22 @@
 import * as fs from 'node:fs';
 import { DeviceMemoryError, type DeviceMemory } from './memory';
 
-export const VRING_DESC_F_NEXT = 1;
-export const VRING_DESC_F_WRITE = 2;
-export const VRING_DESC_F_INDIRECT = 4;
-export const VRING_USED_F_NO_NOTIFY = 1;
-export const VRING_AVAIL_F_NO_INTERRUPT = 1;
-/** Packed ring (virtio 1.2 2.8): descriptor flag bits and event suppression flags. */
-export const VRING_PACKED_DESC_F_AVAIL = 1 << 7;
-export const VRING_PACKED_DESC_F_USED = 1 << 15;
+import {
+  DESC_F_NEXT as VRING_DESC_F_NEXT, DESC_F_WRITE as VRING_DESC_F_WRITE, DESC_F_INDIRECT as VRING_DESC_F_INDIRECT,
+  USED_F_NO_NOTIFY as VRING_USED_F_NO_NOTIFY, AVAIL_F_NO_INTERRUPT as VRING_AVAIL_F_NO_INTERRUPT,
+  PACKED_DESC_F_AVAIL as VRING_PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED as VRING_PACKED_DESC_F_USED,
+  MAX_QUEUE_SIZE as MAX_QUEUE, MAX_INDIRECT_ENTRIES as MAX_INDIRECT,
+} from '../virtio/ring';
+
+// One definition of the ring's bits (core/virtio/ring.ts), re-exported under the device side's names.
+export {
+  VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_DESC_F_INDIRECT, VRING_USED_F_NO_NOTIFY, VRING_AVAIL_F_NO_INTERRUPT,
+  VRING_PACKED_DESC_F_AVAIL, VRING_PACKED_DESC_F_USED,
+};
+/** Packed-ring event suppression flags (virtio 1.2 2.8.10). */
 export const RING_EVENT_FLAGS_ENABLE = 0;
 export const RING_EVENT_FLAGS_DISABLE = 1;
 export const RING_EVENT_FLAGS_DESC = 2;
-const MAX_QUEUE = 32768;
-const MAX_INDIRECT = 65536;
 const TWO32 = 4294967296;
 
 /** vring_need_event (virtio 1.2 2.7.7.2): should the other side be notified for new_idx given its event index? */

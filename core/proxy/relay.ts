@@ -5,7 +5,8 @@ import type { EventPump } from '../node/pump';
 import { FrameReader, Outbox, type Frame } from '../node/wire';
 import { EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLHUP, EPOLLERR, NativeError, type Native } from '../sys/native';
 import { specFor, otherSide, type Channel, type Side } from '../protocol/table';
-import { type RelayOptions, type WorkerEvent, type WorkerCommand, type WireRecord, gateKey, nowMicros } from '../node/workerProtocol';
+import { type RelayOptions, type WorkerEvent, type WorkerCommand, type WireRecord, nowMicros } from '../node/workerProtocol';
+import { Gate, ledgerStats } from '../node/gate';
 import { NotifyCapture } from './notifyCapture';
 
 const RETRYABLE = new Set(['ENOENT', 'ECONNREFUSED', 'EAGAIN']);
@@ -44,7 +45,7 @@ interface Session {
   capture?: NotifyCapture;
 }
 
-interface Hold { id: number; conn: Conn; frame: Frame; seq: number; time: number; name: string }
+interface Hold { conn: Conn; frame: Frame; seq: number; time: number; name: string }
 
 export class Relay {
   private readonly listeners: Partial<Record<Side, number>> = {};
@@ -52,10 +53,7 @@ export class Relay {
   private session?: Session;
   private nextSession = 1;
   private endedSessions = 0;
-  private gateAll = false;
-  private gateKeys = new Set<string>();
-  private hold?: Hold;
-  private nextHold = 1;
+  private readonly gate = new Gate<Hold>();
   private stopping = false;
   private readonly ev8 = Buffer.alloc(8);
 
@@ -76,19 +74,17 @@ export class Relay {
   command(c: WorkerCommand): void {
     switch (c.type) {
       case 'gate':
-        this.gateAll = c.all;
-        this.gateKeys = new Set(c.keys);
+        this.gate.set(c.all, c.keys);
         break;
       case 'release': {
-        const h = this.hold;
-        if (!h || h.id !== c.holdId) break;
-        this.hold = undefined;
+        const h = this.gate.take(c.holdId);
+        if (!h) break;
         this.deliver(h.conn, h.frame, h.seq, h.time);
         this.setReading(true);
         break;
       }
       case 'stats':
-        this.post({ kind: 'stats', requestId: c.requestId, ledger: this.native.ledger.count, ledgerByKind: this.native.ledger.byKind(), violations: this.native.ledger.violations });
+        this.post(ledgerStats(this.native, c.requestId));
         break;
       case 'stop':
         this.stop();
@@ -202,9 +198,10 @@ export class Relay {
     try {
       if (events & EPOLLOUT) c.out.flush();
       if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return;
-      if (this.hold) {
+      const held = this.gate.held;
+      if (held) {
         if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-          this.closeConn(c, `the ${c.from} disconnected while ${this.hold.name} was held at a breakpoint`);
+          this.closeConn(c, `the ${c.from} disconnected while ${held.name} was held at a breakpoint`);
         }
         return;
       }
@@ -241,10 +238,9 @@ export class Relay {
     const seq = ++s.seq;
     const time = nowMicros();
     const code = u32(frame.bytes, 0);
-    if (this.gateAll || (this.gateKeys.size && this.gateKeys.has(gateKey(c.channel, code)))) {
-      const id = this.nextHold++;
+    if (this.gate.matches(c.channel, code)) {
       const name = specFor(c.channel, code)?.name ?? `request ${code}`;
-      this.hold = { id, conn: c, frame, seq, time, name };
+      const id = this.gate.hold({ conn: c, frame, seq, time, name });
       this.setReading(false);
       this.post({ kind: 'held', rec: this.record(c, frame, seq, time, { held: id, fds: frame.fds.map((f) => this.native.fdInfo(f)) }) });
       return;
@@ -394,7 +390,7 @@ export class Relay {
   private closeConn(c: Conn, reason: string): void {
     const s = this.session;
     if (!s) return;
-    if (c.channel === 'backend' && !this.hold) {
+    if (c.channel === 'backend' && !this.gate.held) {
       for (const x of s.channel) this.dropConn(x);
       s.channel = [];
       this.post({ kind: 'channel', session: s.id, event: 'closed', reason });
@@ -409,7 +405,7 @@ export class Relay {
     this.session = undefined;
     if (s.notifyTimer !== undefined) this.pump.clearTimer(s.notifyTimer);
     this.reportNotifiers(s);
-    if (this.hold) { for (const f of this.hold.frame.fds) this.native.close(f); this.hold = undefined; }
+    for (const f of this.gate.drop()?.frame.fds ?? []) this.native.close(f);
     for (const c of [...s.main, ...s.channel]) this.dropConn(c);
     for (const ip of s.interposers.values()) this.dropInterposer(ip);
     s.capture?.close();
