@@ -12,6 +12,8 @@ export function backendEngine(cfg: BackendConfig): Engine {
   const common = {
     endpoint: { mode: cfg.connect ? 'connect' as const : 'listen' as const, path: cfg.socket },
     socketMode: cfg.socketMode, socketGroup: cfg.socketGroup, maxSessions: cfg.maxSessions || undefined, notifiers: cfg.notifiers,
+    // The device sees every kick and completion: with rings, it captures split rings exactly at those moments.
+    ringCapture: cfg.rings,
   };
   if (cfg.backendDevice === 'blk') {
     return new Backend({ ...common, device: 'blk', blk: { image: cfg.image!, readonly: cfg.readOnly, numQueues: cfg.queues, serial: cfg.serial } });

@@ -138,8 +138,8 @@ export class VhostDebugSession extends LoggingDebugSession {
     this.step = cfg.stopOnEntry ? 'entry' : 'none';
     engine.on('event', (e) => { try { this.onEngineEvent(e); } catch (err) { this.out(`internal error handling ${e.kind}: ${(err as Error).stack ?? err}`, 'stderr'); } });
     if (cfg.mode !== 'replay') {
-      // With notifiers interposed the relay captures split rings exactly at each kick and call (no polling race).
-      this.rings = new RingObserver(engine, { pollHz: cfg.rings ? cfg.pollHz : 0, captures: cfg.rings && cfg.notifiers && cfg.mode === 'proxy' });
+      // Engines that capture split rings at notifications (proxy with notifiers, built-in back-end) say so themselves.
+      this.rings = new RingObserver(engine, { pollHz: cfg.rings ? cfg.pollHz : 0 });
       this.rings.on('ring', (e) => this.onRing(e));
       this.rings.on('fault', (err) => this.out(`ring observer: ${err.message}`, 'stderr'));
     }

@@ -16,7 +16,7 @@ export class Backend extends WorkerEngine {
     const { capture, ...program } = opts;
     const dev = opts.device === 'blk' ? `blk:${opts.blk?.image}` : `net:${opts.net?.mode}${opts.net?.tap ? `:${opts.net.tap}` : ''}`;
     super('backend', program, {
-      device: opts.device, capture,
+      device: opts.device, capture, ringCapture: opts.ringCapture ? 'all' : undefined,
       captureHeader: { tool: 'vhost-lens backend', frontend: `${opts.endpoint.mode}:${opts.endpoint.path}`, backend: `built-in ${dev}`, device: opts.device },
     });
   }

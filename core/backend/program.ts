@@ -6,6 +6,7 @@ import { EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLHUP, EPOLLERR, NativeError, type Na
 import { specFor } from '../protocol/table';
 import { type Endpoint, type WorkerEvent, type WorkerCommand, type WireRecord, nowMicros } from '../node/workerProtocol';
 import { Gate, ledgerStats } from '../node/gate';
+import { NotifyCapture } from '../proxy/notifyCapture';
 import { BlkDevice, type BlkOptions } from './blk';
 import { NetDevice, type NetOptions } from './net';
 import { VhostSession, type VmCopy } from './vhost';
@@ -26,8 +27,10 @@ export interface BackendOptions {
   notifyIntervalMs?: number;
   /** Connect mode: how often to retry while the front-end's socket is absent or refuses (ms, default 200). */
   retryMs?: number;
-  /** Guest memory copies through the front-end's mapping (process_vm_readv/writev) where provably safe; default auto. */
+  /** Guest memory copies through the front-end's mapping (process_vm_readv/writev) where provably safe; default off. */
   vmCopy?: VmCopy;
+  /** Capture split rings exactly at each kick and before each call (ring views, opt-in: it costs the data path). */
+  ringCapture?: boolean;
 }
 
 const RETRYABLE = new Set(['ENOENT', 'ECONNREFUSED', 'EAGAIN']);
@@ -51,6 +54,7 @@ interface Session {
   kicks: Map<number, NotifyCount>;
   calls: Map<number, NotifyCount>;
   notifyTimer?: number;
+  capture?: NotifyCapture;
 }
 
 interface Hold { frame: Frame; seq: number; time: number }
@@ -182,9 +186,18 @@ export class BackendProgram {
     s.out = new Outbox(this.native, fd, true, (on) => { s.wantOut = on; this.pump.modify(fd, this.events(s)); });
     this.session = s;
     this.post({ kind: 'session', session: id, event: 'start' });
+    if (this.opts.ringCapture) s.capture = new NotifyCapture(this.native);
+    const capture = (at: 'kick' | 'call', vring: number): void => {
+      if (!s.capture || this.session !== s) return;
+      try {
+        const cap = at === 'kick' ? s.capture.onKick(vring, nowMicros()) : s.capture.onCall(vring, nowMicros());
+        if (cap && (cap.chains.length || cap.note)) this.post({ kind: 'ringcapture', session: s.id, cap });
+      } catch (e) { this.report(s, `ring capture: ${(e as Error).message}`); }
+    };
     s.vhost = new VhostSession(this.native, this.pump, device, {
       report: (m) => this.report(s, m),
       kicked: (vring, count) => this.countNotify(s, s.kicks, vring, 1, count),
+      ...(s.capture ? { beforeRun: (v: number) => capture('kick', v), usedPublished: (v: number) => capture('call', v) } : {}),
     }, { peerPid: this.native.peerPid?.(fd), vmCopy: this.opts.vmCopy });
     this.pump.watch(fd, this.events(s), (ev) => this.onEvent(ev));
   }
@@ -261,6 +274,9 @@ export class BackendProgram {
       }
     }
     this.post({ kind: 'message', rec });
+    if (s.capture && !isReply) {
+      try { s.capture.observe(frame.bytes, frame.fds); } catch (e) { this.report(s, `ring capture: ${(e as Error).message}`); }
+    }
     const reply = s.vhost.handle(frame.bytes, frame.fds);
     if (!reply || this.session !== s) return;
     try { s.out.push(reply); } catch (e) {
@@ -339,6 +355,7 @@ export class BackendProgram {
     for (const f of s.reader.pendingFds()) this.native.close(f);
     this.native.close(s.fd);
     s.vhost.close();
+    s.capture?.close();
     const suppressed = [...s.reports.values()].reduce((n, c) => n + Math.max(0, c - REPORT_REPEAT), 0);
     this.post({ kind: 'session', session: s.id, event: 'end', reason: suppressed ? `${reason} (${suppressed} repeated device reports not shown)` : reason });
     this.endedSessions++;

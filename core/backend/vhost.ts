@@ -29,6 +29,10 @@ export interface VhostHooks {
   report(message: string): void;
   /** Kick eventfd read: `count` is the eventfd counter (signals coalesced by the kernel). */
   kicked(vring: number, count: number): void;
+  /** A kick is about to be processed (the ring is as the driver left it): exact ring capture looks now. */
+  beforeRun?(vring: number): void;
+  /** New used entries were published, before the driver is signalled: exact ring capture looks now. */
+  usedPublished?(vring: number): void;
 }
 
 interface Handled { reply?: Uint8Array; ok: boolean }
@@ -50,6 +54,7 @@ export class VhostSession {
   constructor(private readonly native: Native, private readonly pump: EventPump, readonly device: Device, private readonly hooks: VhostHooks,
     private readonly opts: VhostSessionOptions = {}) {
     this.queues = Array.from({ length: device.vrings }, (_, i) => new VirtQueue(i, this.mem));
+    if (hooks.usedPublished) for (const q of this.queues) q.onUsed = () => hooks.usedPublished!(q.index);
     // Default: guest memory only through the region fds this session received (pread/pwrite). The one-call copy
     // through the front-end's own mapping is opt-in: it needs ptrace rights over the front-end.
     const mode = opts.vmCopy ?? 'off';
@@ -262,6 +267,7 @@ export class VhostSession {
     vq.stats.kicks += count;
     vq.stats.kickSignals++;
     this.hooks.kicked(vq.index, count);
+    this.hooks.beforeRun?.(vq.index);
     this.run(vq);
   }
 

@@ -95,6 +95,8 @@ export class VirtQueue {
   usedIdx = 0;
   kickFd?: number;
   callFd?: number;
+  /** Called when new used entries are published, before the driver may be signalled (exact ring capture). */
+  onUsed?: () => void;
   errFd?: number;
   /** A kick fd (or "no fd": polling) was given: the ring is started; GET_VRING_BASE stops it. */
   started = false;
@@ -363,6 +365,7 @@ export class VirtQueue {
     this.store16(this.usedGpa + 2, this.usedIdx);
     this.stats.used += n;
     fence();
+    this.onUsed?.();
     if (this.shouldCall()) this.call();
     else this.stats.suppressedCalls++;
   }

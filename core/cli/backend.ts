@@ -44,6 +44,7 @@ export function backendOptions(p: Parsed): BackendOptions {
     socketGroup: str(p, 'socket-group'),
     maxSessions: num(p, 'max-sessions'),
     notifiers: p.flags.has('notifiers'),
+    ringCapture: p.flags.has('rings'),
     notifyIntervalMs: num(p, 'notify-interval'),
     vmCopy: vmCopy(p),
     capture: str(p, 'capture'),

@@ -1,16 +1,22 @@
-// `vhost-lens demo`: the embedded default session — a real QEMU guest attached through Vhost Lens, decoded, ending by itself.
+// `vhost-lens demo`: the embedded default session — a real QEMU guest on Vhost Lens (its built-in blk back-end, or the
+// proxy in front of qemu-storage-daemon with --proxy), decoded with ring activity, ending by itself.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { extraCommands, runEngine, UsageError, type CliIo, type Parsed } from './main';
 import { Proxy } from '../proxy/proxy';
+import { Backend } from '../backend/backend';
 import { PeerSet, createRawImage, readSectors, requireBinary } from '../peers';
+import type { Engine } from '../engine';
 
 const stdio: CliIo = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
 
 export async function runDemo(p: Parsed, io: CliIo = stdio): Promise<number> {
-  for (const b of ['qemu-system-x86_64', 'qemu-storage-daemon', 'busybox', 'modinfo']) {
+  const viaProxy = p.flags.has('proxy');
+  for (const b of ['qemu-system-x86_64', 'busybox', 'modinfo', ...(viaProxy ? ['qemu-storage-daemon'] : [])]) {
     try { requireBinary(b); } catch (e) { throw new UsageError((e as Error).message); }
   }
+  // Ring activity is part of the show unless asked not to.
+  if (!p.flags.has('no-rings')) p.flags.set('rings', true);
   const json = p.flags.has('json');
   const say = (step: string, detail = ''): void => {
     if (json) io.out(`${JSON.stringify({ kind: 'demo', step, ...(detail ? { detail } : {}) })}\n`);
@@ -20,19 +26,30 @@ export async function runDemo(p: Parsed, io: CliIo = stdio): Promise<number> {
   const dir = peers.tmpDir('demo');
   try {
     const image = createRawImage(path.join(dir, 'disk.img'), 64);
-    const qsd = peers.qsd({ image, socket: path.join(dir, 'qsd.sock') });
-    say('starting qemu-storage-daemon', `vhost-user-blk back-end on ${qsd.socket}`);
-    await qsd.start();
-    const proxySock = path.join(dir, 'vhost-lens.sock');
-    const notifiers = p.flags.has('notifiers');
-    const proxy = new Proxy({
-      frontend: { mode: 'listen', path: proxySock }, backend: { mode: 'connect', path: qsd.socket }, maxSessions: 1,
-      capture: p.flags.get('capture') as string | undefined, notifiers, ringCapture: notifiers && p.flags.has('rings'),
-    });
-    const done = runEngine(proxy, p, io);
-    await proxy.start();
-    say('starting QEMU', `TCG guest, vhost-user-blk-pci on ${proxySock} (the proxy), guest RAM shared through a memfd`);
-    const guest = peers.qemu({ name: 'demo-guest', blk: [{ socket: proxySock }] });
+    const sock = path.join(dir, 'vhost-lens.sock');
+    const capture = p.flags.get('capture') as string | undefined;
+    let engine: Engine;
+    if (viaProxy) {
+      const qsd = peers.qsd({ image, socket: path.join(dir, 'qsd.sock') });
+      say('starting qemu-storage-daemon', `vhost-user-blk back-end on ${qsd.socket}`);
+      await qsd.start();
+      const notifiers = p.flags.has('notifiers');
+      engine = new Proxy({
+        frontend: { mode: 'listen', path: sock }, backend: { mode: 'connect', path: qsd.socket }, maxSessions: 1,
+        capture, notifiers, ringCapture: notifiers && p.flags.has('rings'),
+      });
+      say('starting the Vhost Lens proxy', `QEMU connects to ${sock}, the proxy to qemu-storage-daemon`);
+    } else {
+      engine = new Backend({
+        device: 'blk', blk: { image }, endpoint: { mode: 'listen', path: sock }, maxSessions: 1, capture,
+        notifiers: p.flags.has('notifiers'), ringCapture: p.flags.has('rings'),
+      });
+      say('starting the Vhost Lens vhost-user-blk back-end', `64 MiB raw image, listening on ${sock}`);
+    }
+    const done = runEngine(engine, p, io);
+    await engine.start();
+    say('starting QEMU', `TCG guest, vhost-user-blk-pci on ${sock}, guest RAM shared through a memfd`);
+    const guest = peers.qemu({ name: 'demo-guest', blk: [{ socket: sock }] });
     await guest.start();
     await guest.waitReady();
     say('guest booted', `${guest.bootMs} ms`);

@@ -136,7 +136,9 @@ usage:
       --wait                do not require connect-side sockets to exist at start
   vhost-lens replay FILE [--json]      print a captured session again
   vhost-lens table [--markdown]        the message table (every request of both channels)
-  vhost-lens demo [--json]             a real QEMU guest attached through Vhost Lens, decoded, ending by itself
+  vhost-lens demo [--json] [--proxy] [--notifiers] [--no-rings]
+      A real QEMU guest on Vhost Lens's built-in vhost-user-blk back-end (or, with --proxy, through the proxy to
+      qemu-storage-daemon): the decoded session and ring activity, ending by itself.
 `;
 
 export interface CliIo { out: (s: string) => void; err: (s: string) => void }

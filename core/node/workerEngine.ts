@@ -13,16 +13,19 @@ export interface WorkerEngineOptions {
   /** Record every relay event to this capture file. */
   capture?: string;
   captureHeader?: Omit<CaptureHeader, 'format' | 'version' | 'created'>;
+  ringCapture?: 'interposed' | 'all';
 }
 
 export class WorkerEngine extends EventEmitter<{ event: [EngineEvent] }> implements Engine {
   readonly tracker: SessionTracker;
   readonly host: PumpHost;
+  readonly ringCapture?: 'interposed' | 'all';
   private capture?: CaptureWriter;
   private workerFinal?: { ledger: number; violations: string[] };
 
   constructor(program: ProgramName, programOptions: unknown, o: WorkerEngineOptions) {
     super();
+    this.ringCapture = o.ringCapture;
     const native = hostNative();
     this.tracker = new SessionTracker({
       device: o.device,

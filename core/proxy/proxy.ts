@@ -12,7 +12,7 @@ export class Proxy extends WorkerEngine {
   constructor(readonly opts: ProxyOptions) {
     const { device, capture, ...relay } = opts;
     super('relay', relay, {
-      device, capture,
+      device, capture, ringCapture: opts.notifiers && opts.ringCapture ? 'interposed' : undefined,
       captureHeader: { tool: 'vhost-lens', frontend: `${opts.frontend.mode}:${opts.frontend.path}`, backend: `${opts.backend.mode}:${opts.backend.path}`, device },
     });
   }

@@ -80,8 +80,6 @@ interface Watch { watcher: RingWatcher; key: string; pending?: RingEvent }
 export interface RingObserverOptions {
   /** Polling rate; 0 disables polling (snapshots on demand only). */
   pollHz: number;
-  /** The relay captures split rings at each interposed kick/call: do not poll those rings, decode the captures. */
-  captures?: boolean;
   /** Most new entries decoded per poll and direction (the newest); the rest are counted as skipped. Default 16. */
   sample?: number;
 }
@@ -141,7 +139,8 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Erro
   /** Split rings whose kicks the relay interposes are captured exactly at each notification: no need to poll. */
   private captured(s: Session, v: Vring): boolean {
     const packed = s.state.features.acked !== undefined && ((s.state.features.acked >> 34n) & 1n) === 1n;
-    return !!this.opts.captures && !packed && this.interposedKicks.has(`${s.state.id}:${v.index}`);
+    const mode = this.engine.ringCapture;
+    return !packed && (mode === 'all' || (mode === 'interposed' && this.interposedKicks.has(`${s.state.id}:${v.index}`)));
   }
 
   private fromCapture(session: number, cap: RingCapture): void {
