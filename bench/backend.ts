@@ -53,7 +53,8 @@ export async function benchBlk(reps = 5, mib = 64): Promise<BlkBench> {
     const imgA = createRawImage(path.join(dir, 'builtin.img'), mib * 2);
     const imgB = createRawImage(path.join(dir, 'qsd.img'), mib * 2);
     const sockA = path.join(dir, 'builtin.sock');
-    be = await startBackend(['blk', '--image', imgA], sockA);
+    // VL_BENCH_BACKEND_ARGS adds flags to the built-in back-end (e.g. "--vm-copy auto" to compare copy paths).
+    be = await startBackend(['blk', '--image', imgA, ...(process.env.VL_BENCH_BACKEND_ARGS ?? '').split(' ').filter(Boolean)], sockA);
     const qsd = peers.qsd({ image: imgB, socket: path.join(dir, 'qsd.sock') });
     await qsd.start();
     // One guest, two disks: vda = built-in back-end, vdb = qemu-storage-daemon (same guest, same kernel, same workload).
