@@ -44,6 +44,7 @@ function prune(dir) {
 prune(join(root, 'out'));
 
 const bundles = [
+  ['extension/extension.ts', 'dist/extension.js'],
   ['core/cli/index.ts', 'dist/cli.js', { banner: { js: '#!/usr/bin/env node' } }],
   ['core/node/pumpWorker.ts', 'dist/pumpWorker.js'],
   ['adapter/debugAdapter.ts', 'dist/adapter.js'],
