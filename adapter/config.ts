@@ -9,6 +9,7 @@ export class ConfigError extends Error {}
 export interface CommonOptions {
   rings: boolean;
   pollHz: number;
+  ringCpu: number;
   notifiers: boolean;
   stopOnEntry: boolean;
   autoContinueSeconds: number;
@@ -69,6 +70,7 @@ function common(a: Args): CommonOptions {
   return {
     rings: bool(a, 'rings'),
     pollHz: num(a, 'pollHz', 100, 1, 10000),
+    ringCpu: num(a, 'ringCpu', 2, 0.1, 100),
     notifiers: bool(a, 'notifiers'),
     stopOnEntry: bool(a, 'stopOnEntry'),
     autoContinueSeconds: num(a, 'autoContinueSeconds', 0, 0, 86400),

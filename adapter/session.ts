@@ -139,7 +139,7 @@ export class VhostDebugSession extends LoggingDebugSession {
     engine.on('event', (e) => { try { this.onEngineEvent(e); } catch (err) { this.out(`internal error handling ${e.kind}: ${(err as Error).stack ?? err}`, 'stderr'); } });
     if (cfg.mode !== 'replay') {
       // Engines that capture split rings at notifications (proxy with notifiers, built-in back-end) say so themselves.
-      this.rings = new RingObserver(engine, { pollHz: cfg.rings ? cfg.pollHz : 0 });
+      this.rings = new RingObserver(engine, { pollHz: cfg.rings ? cfg.pollHz : 0, cpuBudget: cfg.ringCpu / 100 });
       this.rings.on('ring', (e) => this.onRing(e));
       this.rings.on('fault', (err) => this.out(`ring observer: ${err.message}`, 'stderr'));
     }

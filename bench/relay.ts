@@ -134,6 +134,15 @@ export async function benchHandshake(reps: number): Promise<Record<string, unkno
   }
 }
 
+/** CPU seconds (user + system, all threads) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+/** CPU share (1 = one core) of the proxy in each dpdkPps run, in order. */
+const proxyCpu: number[] = [];
+
 /** Median Rx-pps seen by the vhost side over `seconds` of virtio-user <-> testpmd io forwarding. */
 async function dpdkPps(peers: PeerSet, dir: string, viaProxy: boolean, seconds: number, extra: string[] = [], wrap?: string[]): Promise<number> {
   const vhostSock = path.join(dir, `vhost-${Date.now()}.sock`);
@@ -149,7 +158,9 @@ async function dpdkPps(peers: PeerSet, dir: string, viaProxy: boolean, seconds: 
   await vuser.start();
   await vhost.waitForText(/virtio is now ready for processing/);
   await vhost.waitForRx(1);
+  const cpu0 = proxy ? cpuSeconds(proxy.pid!) : 0, t0 = Date.now();
   const samples = await vhost.waitForSamples(seconds + 1, (seconds + 30) * 1000);
+  if (proxy) proxyCpu.push((cpuSeconds(proxy.pid!) - cpu0) / ((Date.now() - t0) / 1000));
   await vuser.stop();
   await vhost.stop();
   if (proxy) await stopProxy(proxy);
@@ -173,7 +184,7 @@ export async function benchDpdk(reps: number, seconds = 5, label = 'proxy', extr
 }
 
 /**
- * Data plane with observation, side by side: direct; through the proxy watching rings (--rings);
+ * Data plane with observation, side by side: direct; through the plain proxy; through the proxy watching rings (--rings);
  * through the proxy interposing notifiers (--notifiers); the back-end under strace -f (what people do today).
  */
 export async function benchObserved(reps: number, seconds = 5): Promise<Record<string, unknown>> {
@@ -182,18 +193,31 @@ export async function benchObserved(reps: number, seconds = 5): Promise<Record<s
   const peers = new PeerSet();
   try {
     const dir = peers.tmpDir('bench-obs');
-    const runs: Record<string, number[]> = { direct: [], watch: [], interpose: [], strace: [] };
+    const setups: Record<string, () => Promise<number>> = {
+      direct: () => dpdkPps(peers, dir, false, seconds),
+      proxy: () => dpdkPps(peers, dir, true, seconds),
+      watch: () => dpdkPps(peers, dir, true, seconds, ['--rings', '--device', 'net']),
+      interpose: () => dpdkPps(peers, dir, true, seconds, ['--notifiers']),
+      strace: () => dpdkPps(peers, dir, false, seconds, [], ['strace', '-f', '-o', '/dev/null']),
+    };
+    const names = Object.keys(setups);
+    const runs: Record<string, number[]> = Object.fromEntries(names.map((k) => [k, []]));
+    const cpu: Record<string, number[]> = {};
     for (let i = 0; i < reps; i++) {
-      runs.direct.push(await dpdkPps(peers, dir, false, seconds));
-      runs.watch.push(await dpdkPps(peers, dir, true, seconds, ['--rings', '--device', 'net']));
-      runs.interpose.push(await dpdkPps(peers, dir, true, seconds, ['--notifiers']));
-      runs.strace.push(await dpdkPps(peers, dir, false, seconds, [], ['strace', '-f', '-o', '/dev/null']));
+      // Rotate the order each repetition so a drift of the machine does not favour one setup.
+      for (let j = 0; j < names.length; j++) {
+        const k = names[(i + j) % names.length];
+        const before = proxyCpu.length;
+        runs[k].push(await setups[k]());
+        if (proxyCpu.length > before) (cpu[k] ??= []).push(proxyCpu[proxyCpu.length - 1]);
+      }
     }
     const out: Record<string, unknown> = { reps, seconds };
     for (const [k, v] of Object.entries(runs)) {
       out[`${k}Pps`] = median(v);
       out[`${k}Range`] = range(v);
       if (k !== 'direct') out[`${k}Ratio`] = median(v.map((x, j) => x / runs.direct[j]));
+      if (cpu[k]) out[`${k}ProxyCpu`] = median(cpu[k]);
     }
     return out;
   } finally {
@@ -209,7 +233,7 @@ if (require.main === module) {
     if (which === 'all' || which === 'rtt') results.rtt = await benchRtt(reps);
     if (which === 'all' || which === 'handshake') results.handshake = await benchHandshake(reps);
     if (which === 'all' || which === 'dpdk') results.dpdk = await benchDpdk(Math.max(3, Math.min(reps, 5)));
-    if (which === 'all' || which === 'observed') results.observed = await benchObserved(Math.max(3, Math.min(reps, 5)));
+    if (which === 'all' || which === 'observed') results.observed = await benchObserved(Math.max(3, Math.min(reps, 7)));
     console.log(JSON.stringify(results, null, 2));
     fs.mkdirSync(path.join(__dirname, '..', '..', 'bench', 'results'), { recursive: true });
     fs.writeFileSync(path.join(__dirname, '..', '..', 'bench', 'results', `relay-${which}.json`), JSON.stringify(results, null, 2));

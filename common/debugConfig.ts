@@ -8,6 +8,8 @@ export interface CommonConfig {
   rings?: boolean;
   /** Ring polling rate with `rings` (default 100 Hz). */
   pollHz?: number;
+  /** CPU budget of ring polling in % of one core (default 2): busy rings are polled less often. */
+  ringCpu?: number;
   /** Interpose on kick/call/err eventfds and count every signal (proxy mode). */
   notifiers?: boolean;
   /** Stop at the first message (held, not yet relayed). */
@@ -81,6 +83,7 @@ type Schema = Record<string, unknown>;
 const common: Record<string, Schema> = {
   rings: { type: 'boolean', default: false, description: 'Watch every live vring through guest memory: ring activity (chains, decoded payloads) in the timeline and the Debug Console.' },
   pollHz: { type: 'number', default: 100, minimum: 1, maximum: 10000, description: 'Ring polling rate with "rings".' },
+  ringCpu: { type: 'number', default: 2, minimum: 0.1, maximum: 100, description: 'CPU budget of ring polling with "rings", in % of one core: busy rings are polled less often so the data plane keeps its CPU.' },
   notifiers: { type: 'boolean', default: false, description: 'Interpose on kick/call/err eventfds and count every signal (proxy mode).' },
   stopOnEntry: { type: 'boolean', default: false, description: 'Stop at the first message, held before it is relayed.' },
   autoContinueSeconds: { type: 'number', default: 0, minimum: 0, description: 'Release a held message by itself after this many seconds. While a message is held QEMU blocks waiting for it (its vCPU and monitor may stall, the guest may hang or time out). 0 = never.' },

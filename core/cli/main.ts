@@ -19,7 +19,7 @@ export class UsageError extends Error {}
 export interface Parsed { cmd: string; args: string[]; flags: Map<string, string | true> }
 
 /** Flags that take a value (other engines' commands add theirs). */
-export const VALUED = new Set(['frontend', 'backend', 'capture', 'device', 'socket-mode', 'socket-group', 'max-sessions', 'poll-hz', 'connect-timeout', 'notify-interval', 'socket', 'image', 'tap', 'ip', 'mac', 'ring-sample']);
+export const VALUED = new Set(['frontend', 'backend', 'capture', 'device', 'socket-mode', 'socket-group', 'max-sessions', 'poll-hz', 'connect-timeout', 'notify-interval', 'socket', 'image', 'tap', 'ip', 'mac', 'ring-sample', 'ring-cpu']);
 
 export function parseArgs(argv: string[]): Parsed {
   const [cmd = 'help', ...rest] = argv;
@@ -130,6 +130,7 @@ usage:
       --poll-hz N           ring polling rate with --rings (default 100); kill -USR1 PID prints a snapshot of every vring
                             with --notifiers too, split rings are captured exactly at each kick and call instead
       --ring-sample N       decode at most N new entries per poll and direction, count the rest (default 16)
+      --ring-cpu PERCENT    CPU budget of ring polling, in % of one core; busy rings are polled less often (default 2)
       --socket-mode MODE    mode of listening sockets (octal, default 600)
       --socket-group GROUP  group of listening sockets (e.g. the group QEMU runs as)
       --max-sessions N      exit after N sessions have ended

@@ -39,7 +39,9 @@ engineHooks.push((engine, p, printer: Printer) => {
   if (p.flags.has('poll-hz') && !rings) throw new UsageError('--poll-hz needs --rings');
   if (rings && (pollHz <= 0 || pollHz > 10000)) throw new UsageError('--poll-hz must be between 1 and 10000');
   const sample = num(p, 'ring-sample') ?? 16;
-  const obs = new RingObserver(engine, { pollHz: rings ? pollHz : 0, sample });
+  const cpu = num(p, 'ring-cpu') ?? 2;
+  if (p.flags.has('ring-cpu') && !(cpu > 0 && cpu <= 100)) throw new UsageError('--ring-cpu must be a percentage of one core, above 0 and at most 100');
+  const obs = new RingObserver(engine, { pollHz: rings ? pollHz : 0, sample, cpuBudget: cpu / 100 });
   obs.on('fault', (err) => printer.event({ kind: 'error', where: 'ring observer', message: err.message }, engine.tracker));
   if (rings) {
     obs.on('ring', (e) => {

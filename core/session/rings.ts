@@ -75,13 +75,27 @@ export function chainView(c: Chain, payload?: unknown): ChainView {
   return v;
 }
 
-interface Watch { watcher: RingWatcher; key: string; pending?: RingEvent }
+interface Watch { watcher: RingWatcher; key: string; pending?: RingEvent; debtMs: number }
 
 export interface RingObserverOptions {
   /** Polling rate; 0 disables polling (snapshots on demand only). */
   pollHz: number;
   /** Most new entries decoded per poll and direction (the newest); the rest are counted as skipped. Default 16. */
   sample?: number;
+  /**
+   * CPU budget of polling, as a fraction of one core shared by every watched ring (default 0.02). Each poll's
+   * measured cost (reading, decoding, and reporting its events) stretches the delay to the next poll so that the
+   * observer stays within it: a busy data plane is sampled less often instead of losing the CPU it runs on.
+   * Polls are never more frequent than pollHz nor rarer than once a second.
+   */
+  cpuBudget?: number;
+}
+
+/** Delay before the next poll of one of `rings` watched rings, given what the last poll and its report cost. */
+export function paceDelay(spentMs: number, intervalMs: number, budget: number, rings: number): number {
+  if (!(budget > 0) || budget >= 1) return intervalMs;
+  const share = budget / Math.max(1, rings);
+  return Math.min(Math.max(intervalMs, 1000), Math.max(intervalMs, spentMs / share - spentMs));
 }
 
 export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Error] }> {
@@ -175,8 +189,13 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Erro
     const watcher = new RingWatcher({
       memory: this.memory(s), ring: cfg, device: s.state.device, features: s.state.features.acked,
       intervalMs: Math.max(1, Math.round(1000 / this.opts.pollHz)), sample: this.opts.sample ?? 16,
+      pace: (spent, interval) => {
+        const total = spent + nw.debtMs;
+        nw.debtMs = 0;
+        return paceDelay(total, interval, this.opts.cpuBudget ?? 0.02, this.watches.size);
+      },
     });
-    const nw: Watch = { watcher, key };
+    const nw: Watch = { watcher, key, debtMs: 0 };
     watcher.on((ev) => this.collect(s.state.id, v.index, nw, ev));
     this.watches.set(id, nw);
     watcher.start();
@@ -211,6 +230,12 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Erro
     const p = w.pending;
     w.pending = undefined;
     if (!p) return;
+    // Reporting is part of a poll's cost (decoding payloads, formatting, writing): charged to the next pacing.
+    const t0 = performance.now();
+    try { this.report(p); } finally { w.debtMs += performance.now() - t0; }
+  }
+
+  private report(p: RingEvent): void {
     // A chain offered and completed between two polls is reported once, as used. Its buffers (an indirect table
     // above all) may have been freed and reused by the driver before the walk: say so instead of crying "hostile".
     const used = new Map(p.chains.filter((c) => c.state === 'used').map((c) => [c.head, c]));

@@ -59,6 +59,13 @@ export interface WatchOptions {
    * decoding them all would steal the CPU the data plane needs. Default: no limit.
    */
   sample?: number;
+  /**
+   * Pacing: given how long the last poll took (ms, measured) and the configured interval, returns the delay
+   * before the next poll. Lets an owner hold the observation to a CPU budget. Default: the interval.
+   */
+  pace?: (pollMs: number, intervalMs: number) => number;
+  /** Monotonic clock for `pace` in ms (default performance.now). */
+  monotonic?: () => number;
 }
 
 export type WatchEvent =
@@ -146,20 +153,26 @@ export class RingWatcher {
     this.timer = undefined;
   }
 
-  private arm(): void {
-    this.timer = this.scheduler.setTimeout(() => this.tick(), this.interval);
+  private arm(delay = this.interval): void {
+    this.timer = this.scheduler.setTimeout(() => this.tick(), delay);
   }
 
   private tick(): void {
     this.timer = undefined;
     if (!this.running) return;
+    const clock = this.opts.monotonic ?? (() => performance.now());
+    const t0 = clock();
     try {
       this.poll();
     } catch (e) {
       // poll() reports ring problems as events; anything else is a bug, reported and survived.
       this.emit({ kind: 'error', vring: this.cfg.index, time: this.now(), error: new RingError('io', this.cfg.index, `internal: ${(e as Error).message}`) });
     }
-    if (this.running) this.arm();
+    if (!this.running) return;
+    const spent = clock() - t0;
+    let delay = this.interval;
+    try { if (this.opts.pace) delay = this.opts.pace(spent, this.interval); } catch { /* pacing is advisory */ }
+    this.arm(Number.isFinite(delay) && delay >= 0 ? delay : this.interval);
   }
 
   /** One poll now: returns (and emits) the new events. Ring-level failures become 'error' events. */
