@@ -18,7 +18,7 @@ export const MAX_REQUEST = 64 << 20;
 /** DISCARD / WRITE_ZEROES limits offered in the config. */
 export const MAX_DISCARD_SECTORS = 1 << 21; // 1 GiB
 export const MAX_WRITE_ZEROES_SECTORS = 1 << 16; // 32 MiB
-const CHUNK = 1 << 20;
+const CHUNK = 128 << 10;
 /** Longest one drain runs before the pump serves other fds again. */
 const SLICE_US = 20_000;
 
