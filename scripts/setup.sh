@@ -103,9 +103,9 @@ else
   fi
   TMPDIR=$cs_tmp npm_config_nodedir=$nodedir npm_config_unsafe_perm=true npm_config_yes=true \
     npm rebuild --prefix "$CODE_SERVER_PREFIX" --foreground-scripts code-server argon2 >> "$cs_log" 2>&1 || cs_fail "its postinstall"
-  # (it writes a default config file under $XDG_CONFIG_HOME: kept in the scratch folder)
-  HOME=$cs_tmp XDG_CONFIG_HOME=$cs_tmp XDG_DATA_HOME=$cs_tmp "$CODE_SERVER_PREFIX/node_modules/.bin/code-server" --version 2>/dev/null \
-    | head -1 | grep -q "^$CODE_SERVER_VERSION " || cs_fail "code-server --version"
+  # (a first run writes a default config file under $XDG_CONFIG_HOME, and says so on stdout: kept in the scratch folder)
+  cs_version=$(HOME=$cs_tmp XDG_CONFIG_HOME=$cs_tmp XDG_DATA_HOME=$cs_tmp "$CODE_SERVER_PREFIX/node_modules/.bin/code-server" --version 2>&1) \
+    && grep -q "^$CODE_SERVER_VERSION " <<< "$cs_version" || { echo "$cs_version" >> "$cs_log"; cs_fail "code-server --version"; }
   rm -rf "$cs_tmp"
   touch "$CS_STAMP"
   step "code-server: $CODE_SERVER_VERSION installed"
