@@ -1,35 +1,16 @@
 // Built-in back-end benchmarks, side by side in one run with interleaved repetitions:
 // blk: one TCG guest, two disks (built-in back-end vs qemu-storage-daemon), the same O_DIRECT dd workload on each;
 // net: DPDK virtio-user packets/s against the built-in loopback back-end vs against testpmd io forwarding (net_vhost).
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createRawImage, PeerSet, requireBinary, requireTestpmd, type QemuGuest } from '../core/peers';
 
-const CLI = path.join(__dirname, '..', '..', 'dist', 'cli.js');
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-function fmt(v: number): string { return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2); }
-const range = (xs: number[]) => `${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))}`;
-
-async function waitSocket(p: string, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!fs.existsSync(p)) { if (Date.now() > end) throw new Error(`no socket ${p}`); await sleep(20); }
-}
+import { fmt, median, range, startCli, stopCli } from './common';
 
 /** The product as users run it: the CLI back-end with JSON output (decoded, written to /dev/null). */
-async function startBackend(args: string[], socket: string): Promise<ChildProcess> {
-  const out = fs.openSync('/dev/null', 'w');
-  const p = spawn(process.execPath, [CLI, 'backend', ...args, '--socket', socket, '--json'], { stdio: ['ignore', out, 'inherit'] });
-  fs.closeSync(out);
-  await waitSocket(socket);
-  return p;
-}
-async function stop(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null) return;
-  const done = new Promise((r) => p.once('exit', r));
-  p.kill('SIGINT');
-  await done;
+function startBackend(args: string[], socket: string): Promise<ChildProcess> {
+  return startCli(['backend', ...args, '--socket', socket], socket);
 }
 
 /** Run a dd in the guest and time it there (the kernel's ns clock from /proc/timer_list around it), in MB/s. */
@@ -81,7 +62,7 @@ export async function benchBlk(reps = 5, mib = 64): Promise<BlkBench> {
     });
     return { reps, mib, rows };
   } finally {
-    if (be) await stop(be);
+    if (be) await stopCli(be);
     await peers.cleanup();
   }
 }
@@ -107,7 +88,7 @@ export async function benchNet(reps = 5, seconds = 5): Promise<NetBench> {
     for (let i = 0; i < reps; i++) {
       const sa = path.join(dir, `builtin-${i}.sock`);
       const be = await startBackend(['net', '--loopback'], sa);
-      try { builtin.push(await virtioUserPps(peers, sa, seconds)); } finally { await stop(be); }
+      try { builtin.push(await virtioUserPps(peers, sa, seconds)); } finally { await stopCli(be); }
       const sb = path.join(dir, `vhost-${i}.sock`);
       const vh = peers.testpmd({ name: 'bench-vhost', mainLcore: 1, vdev: { kind: 'vhost', iface: sb } });
       await vh.start();

@@ -5,8 +5,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { createRawImage, ensureGuestImage, PeerSet, requireBinary, requireTestpmd } from '../core/peers';
-
-const CLI = path.join(__dirname, '..', '..', 'dist', 'cli.js');
+import { fmt, median, range, sleep, startCli, stopCli, waitSocket } from './common';
 const C_CLIENT_SRC = path.join(__dirname, '..', '..', 'bench', 'c', 'rttclient.c');
 
 /** The C benchmark client, compiled once (gcc is on every machine of this project's kind). */
@@ -19,30 +18,11 @@ function cClient(): string {
   return out;
 }
 
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 const pct = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(s.length * p))]; };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const range = (xs: number[]) => `${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))}`;
-function fmt(v: number): string { return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2); }
-
-async function waitSocket(p: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!fs.existsSync(p)) { if (Date.now() > end) throw new Error(`no socket ${p}`); await sleep(20); }
-}
 
 /** The product as users run it: the CLI proxy, JSON output decoded and written (to /dev/null). */
-async function startProxy(front: string, back: string, extra: string[] = []): Promise<ChildProcess> {
-  const out = fs.openSync('/dev/null', 'w');
-  const p = spawn(process.execPath, [CLI, 'proxy', '--frontend', front, '--backend', back, '--json', ...extra], { stdio: ['ignore', out, 'inherit'] });
-  fs.closeSync(out);
-  await waitSocket(front.replace(/^listen:/, ''));
-  return p;
-}
-async function stopProxy(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null) return;
-  const done = new Promise((r) => p.once('exit', r));
-  p.kill('SIGINT');
-  await done;
+function startProxy(front: string, back: string, extra: string[] = []): Promise<ChildProcess> {
+  return startCli(['proxy', '--frontend', front, '--backend', back, ...extra], front.replace(/^listen:/, ''));
 }
 
 interface Rtt { p50: number; p99: number; pipelinedPerSec: number }
@@ -66,7 +46,7 @@ export async function benchRtt(reps: number): Promise<Record<string, unknown>> {
       direct.push(rttOnce(qsd.socket, 2000, 5000));
       via.push(rttOnce(proxySock, 2000, 5000));
     }
-    await stopProxy(proxy);
+    await stopCli(proxy);
     const d50 = direct.map((x) => x.p50), v50 = via.map((x) => x.p50);
     const added = via.map((v, i) => v.p50 - direct[i].p50);
     return {
@@ -127,7 +107,7 @@ export async function benchHandshake(reps: number): Promise<Record<string, unkno
       direct.push(await qemuHandshakeMs(qsd.socket, dir));
       via.push(await qemuHandshakeMs(proxySock, dir));
     }
-    await stopProxy(proxy);
+    await stopCli(proxy);
     return { reps, directMs: median(direct), proxyMs: median(via), ratio: median(via.map((v, i) => v / direct[i])), directRange: range(direct), proxyRange: range(via) };
   } finally {
     await peers.cleanup();
@@ -163,7 +143,7 @@ async function dpdkPps(peers: PeerSet, dir: string, viaProxy: boolean, seconds: 
   if (proxy) proxyCpu.push((cpuSeconds(proxy.pid!) - cpu0) / ((Date.now() - t0) / 1000));
   await vuser.stop();
   await vhost.stop();
-  if (proxy) await stopProxy(proxy);
+  if (proxy) await stopCli(proxy);
   return median(samples.slice(1).map((s) => s.rxPps));
 }
 
