@@ -1,5 +1,5 @@
 // Integration: a scripted front-end drives the built-in blk back-end (real worker, real sockets and fds) with good and bad input.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -111,17 +111,23 @@ function hdr(type: number, sector: number): Buffer {
 const FEATURES = (1n << 32n) | (1n << 30n) | (1n << 29n) | (1n << 28n);
 const PROTO = (1n << 0n) | (1n << 3n) | (1n << 9n) | (1n << 15n); // MQ, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS
 
-test('hostile front-end: out-of-order and bad messages, rings and descriptors outside memory, oversized requests; the image is only written inside requests', GUARD, async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vl-hostile-'));
+/** A built-in blk back-end listening in a scratch folder on an image holding `contents`; its events collected. */
+async function blkBackend(t: TestContext, prefix: string, contents: Buffer) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, Buffer.alloc(64 * 512, 0xee));
+  fs.writeFileSync(image, contents);
   const socket = path.join(dir, 'blk.sock');
   const be = new Backend({ device: 'blk', blk: { image }, endpoint: { mode: 'listen', path: socket } });
   const events: EngineEvent[] = [];
   be.on('event', (e) => events.push(e));
   t.after(() => be.stop());
   await be.start();
+  return { image, socket, be, events };
+}
+
+test('hostile front-end: out-of-order and bad messages, rings and descriptors outside memory, oversized requests; the image is only written inside requests', GUARD, async (t) => {
+  const { image, socket, be, events } = await blkBackend(t, 'vl-hostile-', Buffer.alloc(64 * 512, 0xee));
   assert.equal(fs.statSync(socket).mode & 0o777, 0o600, 'listening socket is 0600');
   const errors = () => events.flatMap((e) => (e.kind === 'error' ? [e.message] : []));
   const fe = new ScriptedFrontEnd(socket);
@@ -265,16 +271,7 @@ test('CLI backend: usage errors are clear and exit 2', GUARD, async () => {
 });
 
 test('breakpoints: a gated request is held (not handled, not answered) until released', GUARD, async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vl-gate-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, Buffer.alloc(8 * 512));
-  const socket = path.join(dir, 'blk.sock');
-  const be = new Backend({ device: 'blk', blk: { image }, endpoint: { mode: 'listen', path: socket } });
-  const events: EngineEvent[] = [];
-  be.on('event', (e) => events.push(e));
-  t.after(() => be.stop());
-  await be.start();
+  const { socket, be, events } = await blkBackend(t, 'vl-gate-', Buffer.alloc(8 * 512));
   be.setGate(false, ['main:15']); // GET_PROTOCOL_FEATURES
   const fe = new ScriptedFrontEnd(socket);
   try {
