@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 PACKAGES=(
-  qemu-system-x86 qemu-utils busybox-static linux-image-amd64 cpio kmod
+  qemu-system-x86 qemu-system-common qemu-utils busybox-static linux-image-amd64 cpio kmod
   dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
   iproute2 strace
   chromium ripgrep libkrb5-dev build-essential python3

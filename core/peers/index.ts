@@ -6,12 +6,14 @@ import { onPath, tail, type Peer } from './process';
 import { QemuGuest, type QemuGuestOptions } from './qemu';
 import { StorageDaemon, type StorageDaemonOptions } from './qsd';
 import { Testpmd, type TestpmdOptions } from './testpmd';
+import { findVirtiofsd, Virtiofsd, type VirtiofsdOptions } from './virtiofsd';
 
 export * from './process';
 export * from './guest';
 export * from './qemu';
 export * from './qsd';
 export * from './testpmd';
+export * from './virtiofsd';
 
 /** Debian package that provides each external program the harness runs. */
 export const BINARY_PACKAGES: Record<string, string> = {
@@ -30,6 +32,11 @@ export const BINARY_PACKAGES: Record<string, string> = {
 export function requireBinary(name: string): void {
   if (onPath(name)) return;
   throw new Error(`${name} not found: run scripts/setup.sh (Debian package ${BINARY_PACKAGES[name] ?? 'unknown'})`);
+}
+
+/** Throw a clear error unless a virtiofsd binary is installed (see findVirtiofsd). */
+export function requireVirtiofsd(): void {
+  if (!findVirtiofsd()) throw new Error('virtiofsd not found: run scripts/setup.sh (Debian package qemu-system-common, pulled in by qemu-system-x86)');
 }
 
 /** DPDK drivers testpmd loads as plugins, with their Debian packages. */
@@ -92,6 +99,11 @@ export class PeerSet {
   testpmd(opts: TestpmdOptions): Testpmd {
     requireTestpmd();
     return this.add(new Testpmd(opts));
+  }
+
+  virtiofsd(opts: VirtiofsdOptions): Virtiofsd {
+    requireVirtiofsd();
+    return this.add(new Virtiofsd(opts));
   }
 
   get all(): readonly Peer[] { return this.peers; }

@@ -1,4 +1,4 @@
-// QEMU front-end peer: a TCG guest with shared memfd RAM, vhost-user-blk/net devices and a scriptable serial console.
+// QEMU front-end peer: a TCG guest with shared memfd RAM, vhost-user-blk/net/fs devices and a scriptable serial console.
 import { ensureGuestImage, GUEST_BEGIN, GUEST_END, GUEST_MODFAIL, GUEST_READY, type GuestImage } from './guest';
 import { PeerProcess, describeExit, tail, waitForListeningSocket, withTimeout, type ExitInfo, type Peer } from './process';
 
@@ -14,11 +14,14 @@ export interface VhostUserSocket {
 
 export interface VhostUserBlkDevice extends VhostUserSocket { numQueues?: number }
 export interface VhostUserNetDevice extends VhostUserSocket { mac?: string }
+/** The guest mounts it with `mount -t virtiofs TAG DIR`. */
+export interface VhostUserFsDevice extends VhostUserSocket { tag: string }
 
 export interface QemuGuestOptions {
   name?: string;
   blk?: VhostUserBlkDevice[];
   net?: VhostUserNetDevice[];
+  fs?: VhostUserFsDevice[];
   /** Guest RAM in MiB (memfd, share=on); default 256. */
   memMiB?: number;
   /** Appended to `console=ttyS0 panic=-1 quiet`. */
@@ -55,6 +58,11 @@ export function qemuArgs(opts: QemuGuestOptions, image: GuestImage): string[] {
     args.push('-netdev', `vhost-user,id=vlnet${i},chardev=vlnetc${i}`);
     // vectors=0: QEMU 7.2 under TCG segfaults in vhost_net_start with MSI-X; romfile= skips the boot ROM.
     args.push('-device', `virtio-net-pci,netdev=vlnet${i},mac=${mac},vectors=0,romfile=`);
+  });
+  (opts.fs ?? []).forEach((d, i) => {
+    if (!/^[A-Za-z0-9_.-]{1,36}$/.test(d.tag)) throw new Error(`virtiofs tag must be 1-36 letters, digits, _ . or -: ${d.tag}`);
+    args.push('-chardev', chardev(`vlfs${i}`, d));
+    args.push('-device', `vhost-user-fs-pci,chardev=vlfs${i},tag=${d.tag}`);
   });
   args.push(...(opts.extraArgs ?? []));
   return args;
@@ -109,7 +117,7 @@ export class QemuGuest implements Peer {
    * listening vhost-user chardev until a back-end connects, so the guest boots only after that.
    */
   async waitForServerSockets(timeoutMs = 20_000): Promise<void> {
-    for (const d of [...(this.options.blk ?? []), ...(this.options.net ?? [])]) {
+    for (const d of [...(this.options.blk ?? []), ...(this.options.net ?? []), ...(this.options.fs ?? [])]) {
       if (d.server) await waitForListeningSocket(d.socket, timeoutMs, this.proc);
     }
   }

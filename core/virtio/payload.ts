@@ -1,7 +1,8 @@
-// Payload decoder dispatch by device type (net, blk, hex for anything else); never throws.
+// Payload decoder dispatch by device type (net, blk, fs, and hex for anything else); never throws.
 import type { GuestMemoryReader } from '../memory/guestMemory';
 import type { DeviceType } from '../protocol/features';
 import { decodeBlkChain, type BlkPayload } from './blk';
+import { decodeFsChain, looksLikeFuse, FUSE_IN_HEADER_SIZE, type FsPayload } from './fs';
 import { gather, hexPreview } from './gather';
 import { decodeNetChain, type NetPayload } from './net';
 import type { Chain } from './ring';
@@ -15,7 +16,7 @@ export interface HexPayload {
   error?: string;
 }
 
-export type Payload = NetPayload | BlkPayload | HexPayload;
+export type Payload = NetPayload | BlkPayload | FsPayload | HexPayload;
 
 export interface PayloadContext {
   device: DeviceType;
@@ -35,8 +36,12 @@ export function decodePayload(mem: GuestMemoryReader, chain: Chain, vring: numbe
     switch (ctx.device) {
       case 'net': return decodeNetChain(mem, chain, vring, { features: ctx.features, ctrlQueue: ctx.ctrlQueue });
       case 'blk': return decodeBlkChain(mem, chain, { preview });
+      case 'fs': return decodeFsChain(mem, chain, { preview });
       default: {
-        const o = gather(mem, chain, false, preview);
+        // Not told and not inferred: a chain that carries a well-formed FUSE request is decoded as virtio-fs.
+        const o = gather(mem, chain, false, Math.max(preview, FUSE_IN_HEADER_SIZE));
+        if (looksLikeFuse(o.bytes, chain)) return decodeFsChain(mem, chain, { preview });
+        o.bytes = o.bytes.subarray(0, preview);
         const p: HexPayload = { kind: 'hex', summary: `${chain.readable} bytes out, ${chain.writable} bytes in${chain.state === 'used' ? ` (${chain.usedLen ?? 0} written)` : ''}` };
         if (o.bytes.byteLength) p.out = hexPreview(o.bytes, preview);
         if (chain.state === 'used' && chain.usedLen) {

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { gunzipSync } from 'node:zlib';
 import {
   createRawImage, dpdkRuntimeDir, ensureGuestImage, GUEST_MODULES, isListening, liveProcessGroups, makeTempDir,
-  readSectors, requireBinary, requireTestpmd, type QemuGuest, type Testpmd,
+  readSectors, requireBinary, requireTestpmd, requireVirtiofsd, type QemuGuest, type Testpmd,
 } from '../../core/peers';
 import { note, randomAlnum, spread, stopwatch, usePeers, withPeerLogs } from '../helpers/peers';
 
@@ -65,6 +65,14 @@ test('concurrent guest image builds in separate processes agree and leave one in
 test('a missing peer binary fails loudly with the setup hint', () => {
   assert.throws(() => requireBinary('vl-no-such-peer'), /^Error: vl-no-such-peer not found: run scripts\/setup\.sh \(Debian package /);
   assert.throws(() => requireBinary('vl-no-such-peer'), (e: Error) => e.message === 'vl-no-such-peer not found: run scripts/setup.sh (Debian package unknown)');
+  const saved = process.env.VHOST_LENS_VIRTIOFSD;
+  process.env.VHOST_LENS_VIRTIOFSD = '/nonexistent/virtiofsd';
+  try {
+    assert.throws(() => requireVirtiofsd(), /^Error: virtiofsd not found: run scripts\/setup\.sh \(Debian package qemu-system-common/);
+  } finally {
+    if (saved === undefined) delete process.env.VHOST_LENS_VIRTIOFSD; else process.env.VHOST_LENS_VIRTIOFSD = saved;
+  }
+  requireVirtiofsd();
 });
 
 test('(a) QEMU vhost-user-blk <-> qemu-storage-daemon: guest writes sectors, reads them back, host sees them in the image', GUARD, async (t) => {

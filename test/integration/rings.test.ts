@@ -2,7 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { createRawImage, readSectors, requireBinary, requireTestpmd } from '../../core/peers';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRawImage, readSectors, requireBinary, requireTestpmd, requireVirtiofsd } from '../../core/peers';
 import { note, randomAlnum, usePeers, withPeerLogs } from '../helpers/peers';
 import { runCli, type CliRun, type JsonLine } from '../helpers/cliProxy';
 
@@ -106,6 +107,69 @@ test('net: ARP and ICMP frames decoded on the TX ring, the echoed frames on the 
     assert.ok(rx.some((c) => /ARP who-has 10\.0\.0\.1 tell 10\.0\.0\.2/.test(c.device.summary)), 'echoed ARP decoded on RX');
     assert.ok(rx.some((c) => /10\.0\.0\.2 > 10\.0\.0\.3 ICMP echo request/.test(c.device.summary)), 'echoed ICMP decoded on RX');
     for (const c of [...tx, ...rx]) assert.ok(c.device.dir === (tx.includes(c) ? 'tx' : 'rx'));
+  }));
+});
+
+test('virtio-fs (exact capture, device recognised from the FUSE headers): INIT, LOOKUP, READ, CREATE, WRITE and an ENOENT decoded with their replies (QEMU <-> proxy <-> virtiofsd)', GUARD, async (t) => {
+  requireBinary('qemu-system-x86_64');
+  requireVirtiofsd();
+  const peers = usePeers(t);
+  const dir = peers.tmpDir('rings-fs');
+  const shared = join(dir, 'share');
+  mkdirSync(shared);
+  const content = `VLFSREAD${randomAlnum(12)}\n`;
+  writeFileSync(join(shared, 'hello.txt'), content);
+  const written = `VLFSWRITE${randomAlnum(12)}`;
+  const fsd = peers.virtiofsd({ shared, socket: join(dir, 'fs.sock') });
+  await fsd.start();
+  const proxySock = join(dir, 'proxy.sock');
+  const cli = runCli(t, ['proxy', '--frontend', proxySock, '--backend', fsd.socket, '--json', '--rings', '--notifiers']);
+  await withPeerLogs(peers, () => check(cli, async () => {
+    await cli.waitFor((c) => c.of('connection').find((l) => l.event === 'listening'), 'listening');
+    const guest = peers.qemu({ name: 'qemu-rings-fs', fs: [{ socket: proxySock, tag: 'vlfs' }] });
+    await guest.start();
+    await guest.waitReady();
+    assert.deepEqual(guest.moduleFailures, [], 'the guest kernel has fuse and virtiofs');
+    await guest.check('mkdir -p /mnt/vl && mount -t virtiofs vlfs /mnt/vl', { timeoutMs: 60_000 });
+    assert.equal(await guest.check('cat /mnt/vl/hello.txt', { timeoutMs: 30_000 }), content.trimEnd());
+    const missing = await guest.run('cat /mnt/vl/no-such-file', { timeoutMs: 30_000 });
+    assert.notEqual(missing.rc, 0);
+    await guest.check(`printf '%s' '${written}' > /mnt/vl/out.txt && sync && umount /mnt/vl`, { timeoutMs: 30_000 });
+    assert.deepEqual(await guest.poweroff(), { code: 0, signal: null });
+    assert.equal(readFileSync(join(shared, 'out.txt'), 'utf8'), written, 'the guest wrote through the proxy');
+    await cli.waitFor((c) => c.of('session').find((l) => l.event === 'end'), 'session end');
+    await cli.interrupt();
+    const fs = chainsOf(cli).filter((c) => c.device?.kind === 'fs');
+    note(t, 'fs chains decoded', fs.length);
+    note(t, 'summaries', [...new Set(fs.filter((c) => c.state === 'used').map((c) => c.device.summary))].slice(0, 12));
+    assert.ok(cli.of('ring').every((r) => r.source === 'kick' || r.source === 'call'), 'captured at notifications');
+    const used = fs.filter((c) => c.state === 'used');
+    for (const c of used) assert.equal(c.device.problems, undefined, `${c.device.summary}: ${c.device.problems}`);
+    const done = (op: string, f: (c: JsonLine) => boolean = () => true): JsonLine => {
+      const c = used.find((x) => x.device.op === op && f(x));
+      assert.ok(c, `a completed ${op} (ops seen: ${[...new Set(used.map((x) => x.device.op))].join(' ')})`);
+      return c;
+    };
+    const init = done('INIT');
+    assert.equal(Number(init.device.args.major), 7);
+    assert.equal(init.device.reply.error, 0);
+    assert.equal(Number(init.device.reply.result.major), 7);
+    const lookup = done('LOOKUP', (c) => c.device.names?.[0] === 'hello.txt');
+    assert.equal(lookup.device.reply.error, 0);
+    assert.equal(Number(BigInt(lookup.device.reply.result.size)), content.length, 'LOOKUP returns the file size');
+    const nodeid = BigInt(lookup.device.reply.result.nodeid);
+    const read = done('READ', (c) => BigInt(c.device.nodeid) === nodeid);
+    assert.equal(read.device.reply.dataLen, content.length);
+    assert.equal(Buffer.from(read.device.reply.preview.replace(/[^0-9a-f]/g, ''), 'hex').toString(), content.slice(0, 16), 'READ returns the file bytes');
+    const enoent = done('LOOKUP', (c) => c.device.names?.[0] === 'no-such-file');
+    assert.equal(enoent.device.reply.errno, 'ENOENT');
+    assert.match(enoent.device.summary, /LOOKUP unique=\d+ nodeid=1 "no-such-file" → ENOENT/);
+    done('CREATE', (c) => c.device.names?.[0] === 'out.txt' && c.device.reply.error === 0);
+    const write = done('WRITE');
+    assert.equal(Number(write.device.args.size), written.length);
+    assert.equal(Number(write.device.reply.result.written), written.length);
+    assert.equal(Buffer.from(write.device.preview.replace(/[^0-9a-f]/g, ''), 'hex').toString(), written.slice(0, 16), 'the WRITE chain carries the written bytes');
+    for (const c of used) assert.equal(BigInt(c.device.reply?.unique ?? c.device.unique), BigInt(c.device.unique));
   }));
 });
 

@@ -1,0 +1,78 @@
+// virtiofsd peer: shares a host directory as a vhost-user-fs back-end on a UNIX socket (QEMU's C daemon or the Rust one).
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { PeerProcess, removeIfExists, waitForListeningSocket, whichBinary, type ExitInfo, type Peer } from './process';
+
+/** Where Debian installs it: /usr/lib/qemu (QEMU 7.2's C daemon, qemu-system-common) or /usr/libexec (the Rust one, package virtiofsd). */
+export const VIRTIOFSD_PATHS = ['/usr/libexec/virtiofsd', '/usr/lib/qemu/virtiofsd'] as const;
+
+/** The virtiofsd binary: env VHOST_LENS_VIRTIOFSD, then PATH, then Debian's locations; undefined when there is none. */
+export function findVirtiofsd(): string | undefined {
+  const env = process.env.VHOST_LENS_VIRTIOFSD;
+  if (env) return existsSync(env) ? env : undefined;
+  return whichBinary('virtiofsd') ?? VIRTIOFSD_PATHS.find((p) => existsSync(p));
+}
+
+export interface VirtiofsdOptions {
+  name?: string;
+  /** Host directory the guest mounts. */
+  shared: string;
+  /** UNIX socket the daemon listens on. */
+  socket: string;
+  binary?: string;
+}
+
+const dialect = new Map<string, 'rust' | 'c'>();
+
+/** The Rust daemon takes --shared-dir; QEMU's C one takes -o source=. */
+function dialectOf(binary: string): 'rust' | 'c' {
+  let d = dialect.get(binary);
+  if (!d) {
+    let help = '';
+    try { help = execFileSync(binary, ['--help'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }); } catch (e) { help = String((e as { stdout?: string }).stdout ?? ''); }
+    d = help.includes('--shared-dir') ? 'rust' : 'c';
+    dialect.set(binary, d);
+  }
+  return d;
+}
+
+/** Arguments for one session: no caching (every guest access reaches the daemon), no sandbox namespaces. */
+export function virtiofsdArgs(o: VirtiofsdOptions, kind: 'rust' | 'c'): string[] {
+  return kind === 'rust'
+    ? ['--socket-path', o.socket, '--shared-dir', o.shared, '--cache', 'never', '--sandbox', 'none']
+    : [`--socket-path=${o.socket}`, '-o', `source=${o.shared}`, '-o', 'cache=none', '-o', 'sandbox=chroot', '-o', 'no_posix_lock'];
+}
+
+/** One virtiofsd process (it serves a single front-end connection, then exits). */
+export class Virtiofsd implements Peer {
+  readonly name: string;
+  readonly options: VirtiofsdOptions;
+  private proc?: PeerProcess;
+
+  constructor(opts: VirtiofsdOptions) {
+    this.options = opts;
+    this.name = opts.name ?? 'virtiofsd';
+  }
+
+  get socket(): string { return this.options.socket; }
+  get pid(): number | undefined { return this.proc?.pid; }
+  get running(): boolean { return this.proc?.running ?? false; }
+  get log(): string { return this.proc ? `${this.proc.commandLine()}\n${this.proc.log}` : ''; }
+
+  /** Spawn the daemon (removing a stale socket first) and wait until it listens. */
+  async start(timeoutMs = 20_000): Promise<void> {
+    if (this.running) throw new Error(`${this.name}: already running`);
+    const binary = this.options.binary ?? findVirtiofsd();
+    if (!binary) throw new Error('virtiofsd not found: run scripts/setup.sh (Debian package qemu-system-common, pulled in by qemu-system-x86)');
+    removeIfExists(this.options.socket);
+    const p = new PeerProcess({ name: this.name, command: binary, args: virtiofsdArgs(this.options, dialectOf(binary)) });
+    this.proc = p;
+    await p.start();
+    await waitForListeningSocket(this.options.socket, timeoutMs, p);
+  }
+
+  stop(graceMs = 10_000): Promise<ExitInfo> { return this.proc ? this.proc.stop('SIGTERM', graceMs) : Promise.resolve({ code: null, signal: null }); }
+  kill(): Promise<ExitInfo> { return this.proc ? this.proc.kill() : Promise.resolve({ code: null, signal: null }); }
+  exited(): Promise<ExitInfo> { return this.proc ? this.proc.exited() : Promise.resolve({ code: null, signal: null }); }
+  cleanupFiles(): void { if (!this.running) removeIfExists(this.options.socket); }
+}
