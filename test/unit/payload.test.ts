@@ -151,7 +151,7 @@ test('hex payload for other devices; unreadable buffers give an error payload, n
   const rb = new SplitRingBuilder(mem, 8, 0);
   const h = rb.add([{ len: 4, data: new Uint8Array([1, 2, 3, 4]) }, { len: 8, write: true }]);
   rb.use(h, 2, new Uint8Array([0xaa, 0xbb]));
-  const s = snapshotRing(mem, rb.cfg, { device: 'fs' });
+  const s = snapshotRing(mem, rb.cfg, { device: 'unknown' });
   assert.deepEqual(s.chains[0].payload, { kind: 'hex', summary: '4 bytes out, 8 bytes in (2 written)', out: '01020304', in: 'aabb' });
   const chain: Chain = { head: 0, descs: [{ index: 0, addr: 0xdead_0000n, len: 16, flags: 0, write: false }], readable: 16, writable: 0, state: 'inflight' };
   for (const device of ['net', 'blk', 'fs'] as const) {
