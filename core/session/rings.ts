@@ -86,7 +86,9 @@ export interface RingObserverOptions {
    * CPU budget of polling, as a fraction of one core shared by every watched ring (default 0.02). Each poll's
    * measured cost (reading, decoding, and reporting its events) stretches the delay to the next poll so that the
    * observer stays within it: a busy data plane is sampled less often instead of losing the CPU it runs on.
-   * Polls are never more frequent than pollHz nor rarer than once a second.
+   * Polls are never more frequent than pollHz nor rarer than once a second. The cost is wall time on purpose: a
+   * poll that was preempted means the CPUs are contended, and backing off further is what the data plane needs
+   * (charging CPU time instead was measured: 2.8% of a core against the 2% budget, and a watch ratio of 0.95).
    */
   cpuBudget?: number;
 }
