@@ -9,6 +9,7 @@ import { Testpmd, type TestpmdOptions } from './testpmd';
 import { findVirtiofsd, Virtiofsd, type VirtiofsdOptions } from './virtiofsd';
 
 export * from './process';
+export * from './daemon';
 export * from './guest';
 export * from './qemu';
 export * from './qsd';

@@ -1,7 +1,8 @@
 // virtiofsd peer: shares a host directory as a vhost-user-fs back-end on a UNIX socket (QEMU's C daemon or the Rust one).
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { PeerProcess, removeIfExists, waitForListeningSocket, whichBinary, type ExitInfo, type Peer } from './process';
+import { SocketDaemon } from './daemon';
+import { whichBinary } from './process';
 
 /** Where Debian installs it: /usr/lib/qemu (QEMU 7.2's C daemon, qemu-system-common) or /usr/libexec (the Rust one, package virtiofsd). */
 export const VIRTIOFSD_PATHS = ['/usr/libexec/virtiofsd', '/usr/lib/qemu/virtiofsd'] as const;
@@ -44,35 +45,14 @@ export function virtiofsdArgs(o: VirtiofsdOptions, kind: 'rust' | 'c'): string[]
 }
 
 /** One virtiofsd process (it serves a single front-end connection, then exits). */
-export class Virtiofsd implements Peer {
-  readonly name: string;
-  readonly options: VirtiofsdOptions;
-  private proc?: PeerProcess;
-
-  constructor(opts: VirtiofsdOptions) {
-    this.options = opts;
-    this.name = opts.name ?? 'virtiofsd';
+export class Virtiofsd extends SocketDaemon {
+  constructor(readonly options: VirtiofsdOptions) {
+    super(options.name ?? 'virtiofsd', options.socket);
   }
 
-  get socket(): string { return this.options.socket; }
-  get pid(): number | undefined { return this.proc?.pid; }
-  get running(): boolean { return this.proc?.running ?? false; }
-  get log(): string { return this.proc ? `${this.proc.commandLine()}\n${this.proc.log}` : ''; }
-
-  /** Spawn the daemon (removing a stale socket first) and wait until it listens. */
-  async start(timeoutMs = 20_000): Promise<void> {
-    if (this.running) throw new Error(`${this.name}: already running`);
+  protected command(): { command: string; args: string[] } {
     const binary = this.options.binary ?? findVirtiofsd();
     if (!binary) throw new Error('virtiofsd not found: run scripts/setup.sh (Debian package qemu-system-common, pulled in by qemu-system-x86)');
-    removeIfExists(this.options.socket);
-    const p = new PeerProcess({ name: this.name, command: binary, args: virtiofsdArgs(this.options, dialectOf(binary)) });
-    this.proc = p;
-    await p.start();
-    await waitForListeningSocket(this.options.socket, timeoutMs, p);
+    return { command: binary, args: virtiofsdArgs(this.options, dialectOf(binary)) };
   }
-
-  stop(graceMs = 10_000): Promise<ExitInfo> { return this.proc ? this.proc.stop('SIGTERM', graceMs) : Promise.resolve({ code: null, signal: null }); }
-  kill(): Promise<ExitInfo> { return this.proc ? this.proc.kill() : Promise.resolve({ code: null, signal: null }); }
-  exited(): Promise<ExitInfo> { return this.proc ? this.proc.exited() : Promise.resolve({ code: null, signal: null }); }
-  cleanupFiles(): void { if (!this.running) removeIfExists(this.options.socket); }
 }

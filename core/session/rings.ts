@@ -109,6 +109,8 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Erro
 
   /** Ring events to listeners; a listener's fault is reported on 'fault', never thrown into the engine. */
   private send(e: RingEvent): void {
+    // virtio-fs offers nothing to infer it from in the handshake; its FUSE headers say what it is.
+    if (e.chains.some((c) => c.device?.kind === 'fs')) this.engine.tracker.sessions.get(e.session)?.recognise('fs');
     try { this.emit('ring', e); } catch (err) { this.emit('fault', err as Error); }
   }
 

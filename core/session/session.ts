@@ -292,6 +292,11 @@ export class Session {
     changes.push({ what: 'device', device: d });
   }
 
+  /** The device type recognised from what the rings carry, when neither given nor inferred. */
+  recognise(d: DeviceType): void {
+    if (!this.deviceGiven && this.state.device === 'unknown') this.state.device = d;
+  }
+
   /** Guess the device type from what the back-end offers (the user can say it instead). */
   private inferDevice(changes: StateChange[]): void {
     const f = this.state.features.offered;

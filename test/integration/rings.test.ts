@@ -170,6 +170,7 @@ test('virtio-fs (exact capture, device recognised from the FUSE headers): INIT, 
     assert.equal(Number(write.device.reply.result.written), written.length);
     assert.equal(Buffer.from(write.device.preview.replace(/[^0-9a-f]/g, ''), 'hex').toString(), written.slice(0, 16), 'the WRITE chain carries the written bytes');
     for (const c of used) assert.equal(BigInt(c.device.reply?.unique ?? c.device.unique), BigInt(c.device.unique));
+    assert.equal(cli.of('summary')[0].sessions[0].state.device, 'fs', 'the session knows it is virtio-fs from its rings');
   }));
 });
 

@@ -300,6 +300,20 @@ describe('device state', () => {
     assert.equal(given.state.device, 'blk');
   });
 
+  test('a device recognised from the rings (virtio-fs) fills in only an unknown type', () => {
+    const fds = new FakeFds();
+    const unknown = new Session(4, { closeFd: fds.closeFd });
+    unknown.recognise('fs');
+    assert.equal(unknown.state.device, 'fs');
+    const given = new Session(5, { closeFd: fds.closeFd }, 'blk');
+    given.recognise('fs');
+    assert.equal(given.state.device, 'blk');
+    const inferred = setup().session;
+    inferred.state.device = 'net';
+    inferred.recognise('fs');
+    assert.equal(inferred.state.device, 'net');
+  });
+
   test('the message log keeps the newest `keep` messages', () => {
     const fds = new FakeFds();
     const s = new Session(3, { closeFd: fds.closeFd }, 'unknown', 5);
