@@ -6,7 +6,7 @@ import { onPath, tail, type Peer } from './process';
 import { QemuGuest, type QemuGuestOptions } from './qemu';
 import { StorageDaemon, type StorageDaemonOptions } from './qsd';
 import { Testpmd, type TestpmdOptions } from './testpmd';
-import { findVirtiofsd, Virtiofsd, type VirtiofsdOptions } from './virtiofsd';
+import { requireVirtiofsd, Virtiofsd, type VirtiofsdOptions } from './virtiofsd';
 
 export * from './process';
 export * from './daemon';
@@ -33,11 +33,6 @@ export const BINARY_PACKAGES: Record<string, string> = {
 export function requireBinary(name: string): void {
   if (onPath(name)) return;
   throw new Error(`${name} not found: run scripts/setup.sh (Debian package ${BINARY_PACKAGES[name] ?? 'unknown'})`);
-}
-
-/** Throw a clear error unless a virtiofsd binary is installed (see findVirtiofsd). */
-export function requireVirtiofsd(): void {
-  if (!findVirtiofsd()) throw new Error('virtiofsd not found: run scripts/setup.sh (Debian package qemu-system-common, pulled in by qemu-system-x86)');
 }
 
 /** DPDK drivers testpmd loads as plugins, with their Debian packages. */

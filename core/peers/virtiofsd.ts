@@ -14,6 +14,13 @@ export function findVirtiofsd(): string | undefined {
   return whichBinary('virtiofsd') ?? VIRTIOFSD_PATHS.find((p) => existsSync(p));
 }
 
+/** The virtiofsd binary, or a clear error naming the package that provides it. */
+export function requireVirtiofsd(): string {
+  const binary = findVirtiofsd();
+  if (!binary) throw new Error('virtiofsd not found: run scripts/setup.sh (Debian package qemu-system-common, pulled in by qemu-system-x86)');
+  return binary;
+}
+
 export interface VirtiofsdOptions {
   name?: string;
   /** Host directory the guest mounts. */
@@ -51,8 +58,7 @@ export class Virtiofsd extends SocketDaemon {
   }
 
   protected command(): { command: string; args: string[] } {
-    const binary = this.options.binary ?? findVirtiofsd();
-    if (!binary) throw new Error('virtiofsd not found: run scripts/setup.sh (Debian package qemu-system-common, pulled in by qemu-system-x86)');
+    const binary = this.options.binary ?? requireVirtiofsd();
     return { command: binary, args: virtiofsdArgs(this.options, dialectOf(binary)) };
   }
 }

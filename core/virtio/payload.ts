@@ -41,9 +41,9 @@ export function decodePayload(mem: GuestMemoryReader, chain: Chain, vring: numbe
         // Not told and not inferred: a chain that carries a well-formed FUSE request is decoded as virtio-fs.
         const o = gather(mem, chain, false, Math.max(preview, FUSE_IN_HEADER_SIZE));
         if (looksLikeFuse(o.bytes, chain)) return decodeFsChain(mem, chain, { preview });
-        o.bytes = o.bytes.subarray(0, preview);
+        const out = o.bytes.subarray(0, preview);
         const p: HexPayload = { kind: 'hex', summary: `${chain.readable} bytes out, ${chain.writable} bytes in${chain.state === 'used' ? ` (${chain.usedLen ?? 0} written)` : ''}` };
-        if (o.bytes.byteLength) p.out = hexPreview(o.bytes, preview);
+        if (out.byteLength) p.out = hexPreview(out, preview);
         if (chain.state === 'used' && chain.usedLen) {
           const i = gather(mem, chain, true, preview, chain.usedLen);
           if (i.bytes.byteLength) p.in = hexPreview(i.bytes, preview);
