@@ -4,7 +4,7 @@ import { fdText, sizeText } from '../core/session/format';
 import { chainView } from '../core/session/rings';
 import type { Session, SessionMessage } from '../core/session/session';
 import type { RingSnapshot } from '../core/virtio/snapshot';
-import { memoryReference, type NotifierDto } from '../common/dap';
+import { memoryReference, type MemorySpace, type NotifierDto } from '../common/dap';
 import { compileCondition, conditionScope, type Value } from './breakpoints';
 import { chainText, messageTitle, notifierText } from './dto';
 import { hexDump } from './memory';
@@ -16,7 +16,7 @@ export interface ConsoleContext {
   message(): { msg: SessionMessage; held: boolean; session: Session } | undefined;
   trees: VariableTrees;
   store: VariableStore;
-  read(space: 'gpa' | 'uva', addr: bigint, len: number): { data: Uint8Array; unreadable: number };
+  read(space: MemorySpace, addr: bigint, len: number): { data: Uint8Array; unreadable: number };
   snapshot(s: Session, vring: number): RingSnapshot;
   notifiers(session: number): NotifierDto[] | undefined;
   timeline: Timeline;
@@ -48,10 +48,10 @@ function needSession(ctx: ConsoleContext): Session {
   return s;
 }
 
-function parseAddress(text: string): { space: 'gpa' | 'uva'; addr: bigint } {
-  const m = /^(?:(gpa|uva):)?(0x[0-9a-fA-F]+|\d+)$/.exec(text);
-  if (!m) throw new Error(`"${text}" is not an address (0x…, gpa:0x… or uva:0x…)`);
-  return { space: (m[1] as 'gpa' | 'uva' | undefined) ?? 'gpa', addr: BigInt(m[2]) };
+function parseAddress(text: string): { space: MemorySpace; addr: bigint } {
+  const m = /^(?:(gpa|uva|iova):)?(0x[0-9a-fA-F]+|\d+)$/.exec(text);
+  if (!m) throw new Error(`"${text}" is not an address (0x…, gpa:0x…, uva:0x… or iova:0x…)`);
+  return { space: (m[1] as MemorySpace | undefined) ?? 'gpa', addr: BigInt(m[2]) };
 }
 
 export function valueText(v: Value): string {
@@ -140,7 +140,7 @@ export function evaluateCommand(expression: string, ctx: ConsoleContext): Consol
     case 'message': case 'msg': {
       const fm = ctx.message();
       if (!fm) throw new Error('no message selected');
-      return { result: `${messageTitle(fm.msg)} #${fm.msg.seq}${fm.held ? ' (held)' : ''}`, variablesReference: ctx.store.add(() => ctx.trees.message(fm.msg, fm.held, fm.session.state.device)) };
+      return { result: `${messageTitle(fm.msg)} #${fm.msg.seq}${fm.held ? ' (held)' : ''}`, variablesReference: ctx.store.add(() => ctx.trees.message(fm.msg, fm.held, fm.session.state)) };
     }
   }
   // Anything else: a condition expression evaluated on the selected (or held, or latest) message.

@@ -1,13 +1,14 @@
 // Engine values -> the JSON DTOs of common/dap.ts (u64 as "0x…" strings), and the Debug Console's one-line texts for them.
-import { featureNames, protocolFeatureNames, statusNames } from '../core/protocol/features';
+import { FEATURE_BIT, featureNames, hasBit, protocolFeatureNames, statusNames } from '../core/protocol/features';
 import { fdText, messageJson } from '../core/session/format';
 import { chainView, type ChainView, type RingEvent } from '../core/session/rings';
 import { toJson } from '../core/session/json';
+import { IOTLB_PERMS } from '../core/protocol/payloads';
 import type { SessionMessage, SessionState } from '../core/session/session';
 import type { RingSnapshot } from '../core/virtio/snapshot';
 import type { EngineEvent } from '../core/session/tracker';
 import {
-  memoryReference, type ChainDto, type FeatureSetDto, type Json, type MessageDto, type NotifierDto, type RingEventDto, type RingSnapshotDto, type StateDto,
+  memoryReference, type MemorySpace, type ChainDto, type FeatureSetDto, type Json, type MessageDto, type NotifierDto, type RingEventDto, type RingSnapshotDto, type StateDto,
 } from '../common/dap';
 
 const hx = (v: bigint): string => `0x${v.toString(16)}`;
@@ -39,32 +40,36 @@ export function stateDto(st: SessionState): StateDto {
     vrings: [...st.vrings.values()].sort((a, b) => a.index - b.index).map((v) => toJson(v) as unknown as StateDto['vrings'][number]),
     status: st.status ?? null, statusNames: st.status !== undefined ? statusNames(st.status) : null,
     backendChannel: st.backendChannel,
+    ...(st.iotlb ? { iotlb: st.iotlb.entries.map((e) => ({ iova: hx(e.iova), size: hx(e.size), uaddr: hx(e.uaddr), perm: IOTLB_PERMS[e.perm] ?? String(e.perm), memoryReference: memoryReference('iova', e.iova) })) } : {}),
   };
 }
 
-export function chainDto(c: ChainView): ChainDto {
+/** The space of a session's descriptor and ring addresses: IOVAs under VIRTIO_F_ACCESS_PLATFORM, else guest-physical. */
+export const deviceSpace = (st: SessionState | undefined): 'iova' | 'gpa' => (hasBit(st?.features.acked, FEATURE_BIT.ACCESS_PLATFORM) ? 'iova' : 'gpa');
+
+export function chainDto(c: ChainView, space: MemorySpace = 'gpa'): ChainDto {
   return {
     head: c.head, state: c.state, readable: c.readable, writable: c.writable, ...(c.usedLen !== undefined ? { usedLen: c.usedLen } : {}),
-    descriptors: c.descriptors.map((d) => ({ addr: hx(d.addr), len: d.len, flags: d.flags, write: d.write, memoryReference: memoryReference('gpa', d.addr) })),
+    descriptors: c.descriptors.map((d) => ({ addr: hx(d.addr), len: d.len, flags: d.flags, write: d.write, memoryReference: memoryReference(space, d.addr) })),
     ...(c.device ? { device: toJson(c.device) } : {}),
     ...(c.error ? { error: c.error } : {}),
   };
 }
 
-export function ringSnapshotDto(session: number, vring: number, s: RingSnapshot): RingSnapshotDto {
+export function ringSnapshotDto(session: number, vring: number, s: RingSnapshot, space: MemorySpace = 'gpa'): RingSnapshotDto {
   return {
     session, vring, layout: s.kind, num: s.num,
     ...(s.kind === 'split' ? { availIdx: s.avail.idx, usedIdx: s.used.idx } : {}),
     inflightCount: s.inflightCount, inflightExact: s.inflightExact,
-    chains: s.chains.map((c) => chainDto(chainView(c))),
+    chains: s.chains.map((c) => chainDto(chainView(c), space)),
     errors: s.errors.map((e) => e.message),
   };
 }
 
-export function ringEventDto(e: RingEvent): RingEventDto {
+export function ringEventDto(e: RingEvent, space: MemorySpace = 'gpa'): RingEventDto {
   return {
     session: e.session, vring: e.vring, time: e.time, ...(e.availIdx !== undefined ? { availIdx: e.availIdx } : {}),
-    ...(e.usedIdx !== undefined ? { usedIdx: e.usedIdx } : {}), chains: e.chains.map(chainDto), errors: e.errors,
+    ...(e.usedIdx !== undefined ? { usedIdx: e.usedIdx } : {}), chains: e.chains.map((c) => chainDto(c, space)), errors: e.errors,
     ...(e.resync ? { resync: e.resync } : {}), source: e.source,
   };
 }

@@ -4,7 +4,7 @@ import {
   Thread, StackFrame, Scope, Source, Event, ErrorDestination,
 } from '@vscode/debugadapter';
 import type { DebugProtocol } from '@vscode/debugprotocol';
-import { RegionMemory } from '../core/memory/guestMemory';
+import { sessionMemory, type DeviceMemory } from '../core/memory/iotlb';
 import { RingObserver, type RingEvent } from '../core/session/rings';
 import { messageLine, payloadText, stateChangeLine } from '../core/session/format';
 import { snapshotRing, type RingSnapshot } from '../core/virtio/snapshot';
@@ -13,7 +13,7 @@ import type { Engine } from '../core/engine';
 import type { EngineEvent } from '../core/session/tracker';
 import type { Session, SessionMessage } from '../core/session/session';
 import {
-  CUSTOM_REQUESTS, parseMemoryReference, type CustomRequestName, type CustomRequests, type CustomEvents, type NotifierDto, type Phase,
+  CUSTOM_REQUESTS, parseMemoryReference, type MemorySpace, type CustomRequestName, type CustomRequests, type CustomEvents, type NotifierDto, type Phase,
   type TimelineEntry, type StopDto,
 } from '../common/dap';
 import { attachConfig, launchConfig, ConfigError, type SessionConfig } from './config';
@@ -21,7 +21,7 @@ import { createEngine } from './engines';
 import { BreakpointSet, CATEGORY_IDS, categoryLabel, type Hit } from './breakpoints';
 import { Timeline } from './timeline';
 import { VariableStore, VariableTrees } from './variables';
-import { messageDto, messageTitle, notifierDto, notifierText, ringEventDto, ringSnapshotDto, ringText, stateDto } from './dto';
+import { deviceSpace, messageDto, messageTitle, notifierDto, notifierText, ringEventDto, ringSnapshotDto, ringText, stateDto } from './dto';
 import { readGuest, MemoryUnavailable } from './memory';
 import { evaluateCommand } from './console';
 
@@ -55,7 +55,7 @@ export class VhostDebugSession extends LoggingDebugSession {
   private readonly timeline = new Timeline();
   private group?: { session: number; phase: Phase };
   private readonly notifierCounts = new Map<number, Map<string, NotifierDto>>();
-  private readonly memories = new Map<number, RegionMemory>();
+  private readonly memories = new Map<number, DeviceMemory>();
   private readonly store = new VariableStore();
   private readonly trees: VariableTrees;
   private readonly frames = new Map<number, FrameRef>();
@@ -275,7 +275,7 @@ export class VhostDebugSession extends LoggingDebugSession {
 
   private onRing(e: RingEvent): void {
     if (this.ended) return;
-    const dto = ringEventDto(e);
+    const dto = ringEventDto(e, deviceSpace(this.sessionOf(e.session)?.state));
     const text = ringText(dto);
     const phase = this.activity(e.session);
     this.out(text, 'stdout');
@@ -556,7 +556,7 @@ export class VhostDebugSession extends LoggingDebugSession {
     const { msg, held, session } = fm;
     response.body = {
       scopes: [
-        new Scope(`Message #${msg.seq} ${msg.name}${msg.reply ? ' reply' : ''}${held ? ' (held)' : ''}`, this.store.add(() => this.trees.message(msg, held, session.state.device)), false),
+        new Scope(`Message #${msg.seq} ${msg.name}${msg.reply ? ' reply' : ''}${held ? ' (held)' : ''}`, this.store.add(() => this.trees.message(msg, held, session.state)), false),
         new Scope('Session', this.store.add(() => this.trees.session(session)), false),
         new Scope('Vrings', this.store.add(() => this.trees.vrings(session)), false),
         new Scope('Notifiers', this.store.add(() => this.trees.notifiers(session)), false),
@@ -594,9 +594,9 @@ export class VhostDebugSession extends LoggingDebugSession {
 
   // ---- memory and the Debug Console --------------------------------------------------------------------------
 
-  private memoryOf(s: Session): RegionMemory {
+  private memoryOf(s: Session): DeviceMemory {
     let m = this.memories.get(s.state.id);
-    if (!m) { m = RegionMemory.forSession(s.state); this.memories.set(s.state.id, m); }
+    if (!m) { m = sessionMemory(s.state); this.memories.set(s.state.id, m); }
     return m;
   }
 
@@ -613,17 +613,19 @@ export class VhostDebugSession extends LoggingDebugSession {
     return m ? [...m.values()].sort((a, b) => a.vring - b.vring || a.what.localeCompare(b.what)) : undefined;
   }
 
-  private read(space: 'gpa' | 'uva', addr: bigint, count: number): { data: Uint8Array; unreadable: number } {
+  /** gpa and uva read the regions as they are; iova (a device address) goes through the IOTLB when the session has one. */
+  private read(space: MemorySpace, addr: bigint, count: number): { data: Uint8Array; unreadable: number } {
     if (this.cfg?.mode === 'replay') throw new MemoryUnavailable(`guest memory is not available in replay: ${REPLAY_NO_MEMORY}`);
     const s = this.currentSession();
     if (!s) throw new MemoryUnavailable('no vhost-user session yet');
     if (!s.state.memory.length) throw new MemoryUnavailable('the front-end has not sent its memory table yet (SET_MEM_TABLE / ADD_MEM_REG)');
-    return readGuest(this.memoryOf(s), space, addr, count);
+    const m = this.memoryOf(s);
+    return space === 'iova' ? readGuest(m, 'gpa', addr, count) : readGuest(m.regions, space, addr, count);
   }
 
   protected override readMemoryRequest(response: DebugProtocol.ReadMemoryResponse, args: DebugProtocol.ReadMemoryArguments): void {
     const ref = parseMemoryReference(args.memoryReference);
-    if (!ref) { this.sendErrorResponse(response, 3001, `not a guest memory reference: "${args.memoryReference}" (gpa:0x… or uva:0x…)`); return; }
+    if (!ref) { this.sendErrorResponse(response, 3001, `not a guest memory reference: "${args.memoryReference}" (gpa:0x…, uva:0x… or iova:0x…)`); return; }
     let addr = ref.addr + BigInt(args.offset ?? 0);
     if (addr < 0n) addr = 0n;
     try {
@@ -695,7 +697,7 @@ export class VhostDebugSession extends LoggingDebugSession {
         const s = a.session !== undefined ? this.sessionOf(a.session) : this.currentSession();
         if (!s) throw new Error('no vhost-user session yet');
         if (typeof a.vring !== 'number') throw new Error('ringSnapshot needs "vring"');
-        return ringSnapshotDto(s.state.id, a.vring, this.snapshot(s, a.vring)) as R;
+        return ringSnapshotDto(s.state.id, a.vring, this.snapshot(s, a.vring), deviceSpace(s.state)) as R;
       }
       case 'vhostLens/timeline':
         return this.timeline.page(args as CustomRequests['vhostLens/timeline']['args']) as R;

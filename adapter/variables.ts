@@ -4,10 +4,11 @@ import { featureName, statusNames, PROTOCOL_FEATURES, type DeviceType } from '..
 import { hex } from '../core/protocol/bytes';
 import { derivedFields, fdText, sizeText } from '../core/session/format';
 import { chainView, type ChainView } from '../core/session/rings';
-import type { Session, SessionMessage, Vring } from '../core/session/session';
+import type { Session, SessionMessage, SessionState, Vring } from '../core/session/session';
 import type { RingSnapshot } from '../core/virtio/snapshot';
-import { memoryReference, type NotifierDto } from '../common/dap';
-import { chainText, messageTitle } from './dto';
+import { memoryReference, type MemorySpace, type NotifierDto } from '../common/dap';
+import { chainText, deviceSpace, messageTitle } from './dto';
+import { IOTLB_PERMS as PERMS } from '../core/protocol/payloads';
 
 type Var = DebugProtocol.Variable;
 type Provider = () => Var[];
@@ -84,8 +85,9 @@ export class VariableTrees {
 
   // ---- Message ------------------------------------------------------------------------------------------------
 
-  message(m: SessionMessage, held: boolean, device: DeviceType): Var[] {
-    const memOf = this.ctx.memoryUnavailable ? undefined : messageMemoryRef(m);
+  message(m: SessionMessage, held: boolean, st: SessionState): Var[] {
+    const device: DeviceType = st.device;
+    const memOf = this.ctx.memoryUnavailable ? undefined : messageMemoryRef(m, deviceSpace(st) === 'iova');
     const p = (m.payload ?? {}) as Record<string, unknown>;
     const out: Var[] = [
       this.leaf('message', messageTitle(m)),
@@ -136,6 +138,11 @@ export class VariableTrees {
         this.leaf('added by', `${r.addedBy} #${r.seq}`),
       ], { mem: live && r.fd !== undefined ? memoryReference('gpa', r.guestPhysAddr) : undefined })), { indexed: st.memory.length }));
     out.push(this.leaf('back-end channel', st.backendChannel));
+    if (st.iotlb) {
+      const es = st.iotlb.entries;
+      out.push(this.node('IOTLB', `${es.length} entr${es.length === 1 ? 'y' : 'ies'} (IOVA to front-end address)`, () => es.map((e, i) =>
+        this.leaf(`[${i}]`, `iova ${hx(e.iova)} + ${sizeText(e.size)} -> ${hx(e.uaddr)} ${PERMS[e.perm] ?? `perm ${e.perm}`}`, { mem: live ? memoryReference('iova', e.iova) : undefined })), { indexed: es.length }));
+    }
     if (st.log) out.push(this.value('dirty log', st.log));
     if (st.config) out.push(this.leaf('config space', `offset ${st.config.offset}: ${hex(st.config.data, 64)}`));
     out.push(this.leaf('messages', String(s.messages.length)));
@@ -201,18 +208,18 @@ export class VariableTrees {
         out.push(this.leaf('avail.flags', hx(snap.avail.flags)), this.leaf('used.flags', hx(snap.used.flags)));
       }
       out.push(this.leaf('in flight', `${snap.inflightCount}${snap.inflightExact ? '' : ' (best guess)'}`));
-      out.push(this.node('chains', `[${chains.length}]`, () => chains.map((c, i) => this.chain(`[${i}]`, c)), { indexed: chains.length }));
+      out.push(this.node('chains', `[${chains.length}]`, () => chains.map((c, i) => this.chain(`[${i}]`, c, deviceSpace(s.state))), { indexed: chains.length }));
       if (snap.errors.length) out.push(this.node('errors', `${snap.errors.length}: ${snap.errors[0].message}`, () => snap.errors.map((e, i) => this.leaf(`[${i}]`, e.message))));
       return out;
     });
   }
 
-  chain(name: string, c: ChainView): Var {
+  chain(name: string, c: ChainView, space: MemorySpace = 'gpa'): Var {
     return this.node(name, chainText(c), () => {
       const out: Var[] = [this.leaf('head', String(c.head)), this.leaf('state', c.state)];
       if (c.usedLen !== undefined) out.push(this.leaf('used length', String(c.usedLen)));
       out.push(this.node('descriptors', `[${c.descriptors.length}]`, () => c.descriptors.map((d, i) =>
-        this.leaf(`[${i}]`, `${hx(d.addr)} len ${d.len} ${d.write ? 'device-writable' : 'device-readable'} flags ${hx(d.flags)}`, { mem: memoryReference('gpa', d.addr) })),
+        this.leaf(`[${i}]`, `${hx(d.addr)} len ${d.len} ${d.write ? 'device-writable' : 'device-readable'} flags ${hx(d.flags)}`, { mem: memoryReference(space, d.addr) })),
       { indexed: c.descriptors.length }));
       if (c.device) out.push(this.value('payload', c.device));
       if (c.error) out.push(this.leaf('error', c.error));
@@ -237,12 +244,13 @@ export class VariableTrees {
 }
 
 /** Memory references for the address fields of a message payload (regions, vring addresses). */
-export function messageMemoryRef(m: SessionMessage): (key: string, v: bigint) => string | undefined {
+export function messageMemoryRef(m: SessionMessage, iova = false): (key: string, v: bigint) => string | undefined {
   const vringAddr = m.name === 'SET_VRING_ADDR';
+  const ringSpace = iova ? 'iova' : 'uva';
   return (key, v) => {
     if (key === 'guestPhysAddr') return memoryReference('gpa', v);
     if (key === 'userspaceAddr') return memoryReference('uva', v);
-    if (vringAddr && (key === 'desc' || key === 'avail' || key === 'used')) return memoryReference('uva', v);
+    if (vringAddr && (key === 'desc' || key === 'avail' || key === 'used')) return memoryReference(ringSpace, v);
     return undefined;
   };
 }

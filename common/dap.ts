@@ -14,7 +14,12 @@ export type Phase = 'negotiation' | 'memory' | 'vring setup' | 'running' | 'stop
 export const PHASES: readonly Phase[] = ['negotiation', 'memory', 'vring setup', 'running', 'stop'];
 
 /** Memory references handed out in variables (`memoryReference`) and accepted by readMemory: `gpa:0x…` or `uva:0x…`. */
-export type MemoryReference = `${'gpa' | 'uva'}:${string}`;
+/**
+ * Where a memory reference points: guest-physical and front-end addresses as they are, or a device address that
+ * goes through the session's IOTLB (VIRTIO_F_ACCESS_PLATFORM: descriptor and ring addresses are IOVAs).
+ */
+export type MemorySpace = 'gpa' | 'uva' | 'iova';
+export type MemoryReference = `${MemorySpace}:${string}`;
 
 // ---- DTOs --------------------------------------------------------------------------------------------------
 
@@ -88,7 +93,11 @@ export interface StateDto {
   status: number | null;
   statusNames: string[] | null;
   backendChannel: 'none' | 'open' | 'closed';
+  /** VIRTIO_F_ACCESS_PLATFORM: the IOVA map the front-end gave the back-end (IOTLB_MSG UPDATE/INVALIDATE). */
+  iotlb?: IotlbEntryDto[];
 }
+
+export interface IotlbEntryDto { iova: Hex; size: Hex; uaddr: Hex; perm: 'NONE' | 'RO' | 'WO' | 'RW' | string; memoryReference: MemoryReference }
 
 export interface DescriptorDto {
   addr: Hex;
@@ -253,12 +262,12 @@ export function isCustomEvent<K extends CustomEventName>(e: { event: string; bod
 }
 
 /** Parse a memory reference; undefined when it is not one of ours. */
-export function parseMemoryReference(ref: string): { space: 'gpa' | 'uva'; addr: bigint } | undefined {
-  const m = /^(gpa|uva):(0x[0-9a-fA-F]{1,16}|[0-9]{1,20})$/.exec(ref.trim());
+export function parseMemoryReference(ref: string): { space: MemorySpace; addr: bigint } | undefined {
+  const m = /^(gpa|uva|iova):(0x[0-9a-fA-F]{1,16}|[0-9]{1,20})$/.exec(ref.trim());
   if (!m) return undefined;
   const addr = BigInt(m[2]);
   if (addr > 0xffff_ffff_ffff_ffffn) return undefined;
-  return { space: m[1] as 'gpa' | 'uva', addr };
+  return { space: m[1] as MemorySpace, addr };
 }
 
-export const memoryReference = (space: 'gpa' | 'uva', addr: bigint): MemoryReference => `${space}:0x${addr.toString(16)}`;
+export const memoryReference = (space: MemorySpace, addr: bigint): MemoryReference => `${space}:0x${addr.toString(16)}`;

@@ -15,7 +15,8 @@ export type MemoryErrorCode =
   | 'no-fd' // the region is known but no fd was kept for it (replay)
   | 'io' // pread/pwrite failed or came back short
   | 'read-only' // write on memory opened read-only
-  | 'iommu-unsupported'; // VIRTIO_F_ACCESS_PLATFORM: addresses are IOVAs, IOTLB translation not implemented
+  | 'iommu-unsupported' // VIRTIO_F_ACCESS_PLATFORM on memory that has no IOTLB to translate through
+  | 'iova-unmapped'; // VIRTIO_F_ACCESS_PLATFORM: the IOVA is in no IOTLB entry
 
 const U64_MAX = 0xffff_ffff_ffff_ffffn;
 /** Default per-call cap: hostile lengths cannot make us allocate more than this. */
@@ -45,7 +46,8 @@ const MEMORY_ERROR_TEXT: Record<MemoryErrorCode, string> = {
   'no-fd': 'no fd kept for this memory region',
   'io': 'I/O error on the region fd',
   'read-only': 'guest memory is open read-only',
-  'iommu-unsupported': 'VIRTIO_F_ACCESS_PLATFORM is negotiated: addresses are IOVAs and IOTLB translation is not supported yet',
+  'iommu-unsupported': 'VIRTIO_F_ACCESS_PLATFORM is negotiated: addresses are IOVAs, and this memory has no IOTLB to translate them',
+  'iova-unmapped': 'IOVA not in the IOTLB',
 };
 
 /** One piece of an access, entirely inside one region. */
@@ -372,11 +374,6 @@ export class RegionMemory extends MappedMemory {
     return m;
   }
 
-  /** Memory for a session: its regions (live) and IOMMU mode from the acked features. */
-  static forSession(state: { memory: readonly Region[]; features: { acked?: bigint } }, opts: MemoryOptions = {}): RegionMemory {
-    const iommu = hasBit(state.features.acked, FEATURE_BIT.ACCESS_PLATFORM);
-    return RegionMemory.live(() => state.memory, { iommu, ...opts });
-  }
 
   /** Replace the snapshot. Regions not in the new list are never read again. */
   update(regions: readonly RegionSpec[]): void {

@@ -22,6 +22,11 @@ export interface QemuGuestOptions {
   blk?: VhostUserBlkDevice[];
   net?: VhostUserNetDevice[];
   fs?: VhostUserFsDevice[];
+  /**
+   * A virtual IOMMU (intel-iommu with device IOTLB) in front of the net devices: they negotiate
+   * VIRTIO_F_ACCESS_PLATFORM, their addresses are IOVAs and the back-end translates them through IOTLB messages.
+   */
+  iommu?: boolean;
   /** Guest RAM in MiB (memfd, share=on); default 256. */
   memMiB?: number;
   /** Appended to `console=ttyS0 panic=-1 quiet`. */
@@ -46,8 +51,10 @@ export function qemuArgs(opts: QemuGuestOptions, image: GuestImage): string[] {
     '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`,
     '-nodefaults', '-no-reboot', '-display', 'none', '-serial', 'stdio',
     '-kernel', image.kernel, '-initrd', image.initrd,
-    '-append', ['console=ttyS0 panic=-1 quiet', opts.append].filter(Boolean).join(' '),
+    '-append', ['console=ttyS0 panic=-1 quiet', opts.iommu ? 'intel_iommu=on iommu=nopt' : '', opts.append].filter(Boolean).join(' '),
   ];
+  // The IOMMU comes before the devices behind it.
+  if (opts.iommu) args.push('-device', 'intel-iommu,device-iotlb=on');
   (opts.blk ?? []).forEach((d, i) => {
     args.push('-chardev', chardev(`vlblk${i}`, d));
     args.push('-device', `vhost-user-blk-pci,chardev=vlblk${i},num-queues=${d.numQueues ?? 1}`);
@@ -57,7 +64,7 @@ export function qemuArgs(opts: QemuGuestOptions, image: GuestImage): string[] {
     args.push('-chardev', chardev(`vlnetc${i}`, d));
     args.push('-netdev', `vhost-user,id=vlnet${i},chardev=vlnetc${i}`);
     // vectors=0: QEMU 7.2 under TCG segfaults in vhost_net_start with MSI-X; romfile= skips the boot ROM.
-    args.push('-device', `virtio-net-pci,netdev=vlnet${i},mac=${mac},vectors=0,romfile=`);
+    args.push('-device', `virtio-net-pci,netdev=vlnet${i},mac=${mac},vectors=0,romfile=${opts.iommu ? ',iommu_platform=on,ats=on,disable-legacy=on' : ''}`);
   });
   (opts.fs ?? []).forEach((d, i) => {
     if (!/^[A-Za-z0-9_.-]{1,36}$/.test(d.tag)) throw new Error(`virtiofs tag must be 1-36 letters, digits, _ . or -: ${d.tag}`);

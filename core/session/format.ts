@@ -118,6 +118,7 @@ export function stateChangeLine(c: StateChange, st: SessionState): string {
     case 'status': return `status: ${statusNames(c.status).join(',')}`;
     case 'backend-channel': return `back-end channel ${c.state}`;
     case 'device': return `device type: ${c.device}`;
+    case 'iotlb': return `IOTLB ${c.op} iova ${h(c.iova)}+${h(c.size)}${c.uaddr !== undefined ? ` -> ${h(c.uaddr)}` : ''}: ${c.entries} entr${c.entries === 1 ? 'y' : 'ies'}`;
     case 'vring': {
       const v = st.vrings.get(c.index)!;
       return `vring ${c.index}: num=${v.num ?? '?'} ${v.addr ? `desc=${h(v.addr.desc)} avail=${h(v.addr.avail)} used=${h(v.addr.used)}` : 'no addresses'} ` +
@@ -137,5 +138,6 @@ export function stateJson(st: SessionState): Record<string, Json> {
     vrings: [...st.vrings.values()].map((v) => toJson(v)),
     status: st.status ?? null, statusNames: st.status !== undefined ? statusNames(st.status) : null,
     backendChannel: st.backendChannel,
+    ...(st.iotlb ? { iotlb: st.iotlb.entries.map((e) => toJson({ iova: e.iova, size: e.size, uaddr: e.uaddr, perm: e.perm })) } : {}),
   };
 }

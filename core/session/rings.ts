@@ -1,6 +1,7 @@
 // Ring observation for any engine: watches each live vring of each session through its memory fds, on demand or polled.
 import { EventEmitter } from 'node:events';
-import { RegionMemory } from '../memory/guestMemory';
+import { sessionMemory, type DeviceMemory } from '../memory/iotlb';
+import { FEATURE_BIT, hasBit } from '../protocol/features';
 import { BufferMemory, type BufferRegionSpec } from '../memory/bufferMemory';
 import { decodePayload } from '../virtio/payload';
 import type { CapturedBytes, RingCapture } from '../proxy/notifyCapture';
@@ -101,7 +102,7 @@ export function paceDelay(spentMs: number, intervalMs: number, budget: number, r
 }
 
 export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Error] }> {
-  private readonly memories = new Map<number, RegionMemory>();
+  private readonly memories = new Map<number, DeviceMemory>();
   private readonly watches = new Map<string, Watch>();
   private readonly onEvent = (e: EngineEvent): void => {
     try { this.handle(e); } catch (err) { this.emit('fault', err as Error); }
@@ -119,9 +120,9 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Erro
     engine.on('event', this.onEvent);
   }
 
-  private memory(s: Session): RegionMemory {
+  private memory(s: Session): DeviceMemory {
     let m = this.memories.get(s.state.id);
-    if (!m) { m = RegionMemory.forSession(s.state); this.memories.set(s.state.id, m); }
+    if (!m) { m = sessionMemory(s.state); this.memories.set(s.state.id, m); }
     return m;
   }
 
@@ -154,11 +155,15 @@ export class RingObserver extends EventEmitter<{ ring: [RingEvent]; fault: [Erro
     return v.num !== undefined && !!v.addr && !v.stopped && (v.kick === 'fd' || v.enabled === true) && s.state.memory.length > 0;
   }
 
-  /** Split rings whose kicks the relay interposes are captured exactly at each notification: no need to poll. */
+  /**
+   * Split rings whose kicks the relay interposes are captured exactly at each notification: no need to poll. The
+   * relay's capture reads guest-physical addresses only, so packed rings and IOVAs (ACCESS_PLATFORM) are polled.
+   */
   private captured(s: Session, v: Vring): boolean {
-    const packed = s.state.features.acked !== undefined && ((s.state.features.acked >> 34n) & 1n) === 1n;
+    const acked = s.state.features.acked;
+    if (hasBit(acked, FEATURE_BIT.RING_PACKED) || hasBit(acked, FEATURE_BIT.ACCESS_PLATFORM)) return false;
     const mode = this.engine.ringCapture;
-    return !packed && (mode === 'all' || (mode === 'interposed' && this.interposedKicks.has(`${s.state.id}:${v.index}`)));
+    return mode === 'all' || (mode === 'interposed' && this.interposedKicks.has(`${s.state.id}:${v.index}`));
   }
 
   private fromCapture(session: number, cap: RingCapture): void {

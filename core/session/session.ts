@@ -4,6 +4,7 @@ import { FEATURE_BIT, PROTOCOL_BIT, hasBit, type DeviceType } from '../protocol/
 import { type Channel, type Side, type Category } from '../protocol/table';
 import type { DecodeContext, MemRegion } from '../protocol/payloads';
 import type { FdInfo } from '../sys/native';
+import { Iotlb } from '../memory/iotlb';
 
 /** A decoded message as the rest of the product sees it (u64 fields are bigint). */
 export interface SessionMessage extends DecodedMessage {
@@ -59,6 +60,8 @@ export interface SessionState {
   config?: { offset: number; data: Uint8Array };
   backendChannel: 'none' | 'open' | 'closed';
   log?: { mmapSize: bigint; mmapOffset: bigint };
+  /** IOVA map from the front-end's IOTLB_MSG updates and invalidations (VIRTIO_F_ACCESS_PLATFORM). */
+  iotlb?: Iotlb;
 }
 
 export type StateChange =
@@ -68,7 +71,8 @@ export type StateChange =
   | { what: 'vring'; index: number }
   | { what: 'status'; status: number }
   | { what: 'backend-channel'; state: 'open' | 'closed' }
-  | { what: 'device'; device: DeviceType };
+  | { what: 'device'; device: DeviceType }
+  | { what: 'iotlb'; op: 'UPDATE' | 'INVALIDATE'; iova: bigint; size: bigint; uaddr?: bigint; entries: number };
 
 /** Hooks for resources the session owns (memory fds kept by the relay). */
 export interface SessionResources {
@@ -277,6 +281,7 @@ export class Session {
         for (const v of s.vrings.values()) { v.enabled = false; v.stopped = true; changes.push({ what: 'vring', index: v.index }); }
         break;
       case 'SEND_RARP': case 'NET_SET_MTU': this.setDevice('net', changes); break;
+      case 'IOTLB_MSG': this.applyIotlb(m, p, changes); break;
     }
     return kept;
   }
@@ -290,6 +295,23 @@ export class Session {
     if (this.deviceGiven || this.state.device === d) return;
     this.state.device = d;
     changes.push({ what: 'device', device: d });
+  }
+
+  /** The front-end maps (UPDATE) or unmaps (INVALIDATE) IOVAs; MISS and ACCESS_FAIL come from the back-end. */
+  private applyIotlb(m: SessionMessage, p: Record<string, any>, changes: StateChange[]): void {
+    const op = p.type === 2 ? 'UPDATE' : p.type === 3 ? 'INVALIDATE' : undefined;
+    if (!op) {
+      if (p.type === 1 || p.type === 4) m.problems.push(problem('bad-field', `IOTLB ${p.type === 1 ? 'MISS' : 'ACCESS_FAIL'} comes from the back-end, on its channel`, 'warning'));
+      return;
+    }
+    const bad = Iotlb.rangeProblem(p.iova, p.size) ?? (op === 'UPDATE' && p.uaddr + p.size > 1n << 64n ? 'uaddr + size overflows 64 bits' : undefined);
+    if (bad) { m.problems.push(problem('bad-field', `IOTLB ${op}: ${bad}; the map is unchanged`)); return; }
+    const t = (this.state.iotlb ??= new Iotlb());
+    if (op === 'UPDATE') {
+      const dropped = t.update({ iova: p.iova, size: p.size, uaddr: p.uaddr, perm: p.perm });
+      if (dropped) m.problems.push(problem('bad-field', `IOTLB holds ${t.entries.length} entries at most: the ${dropped} oldest were dropped`, 'warning'));
+    } else t.invalidate(p.iova, p.size);
+    changes.push({ what: 'iotlb', op, iova: p.iova, size: p.size, ...(op === 'UPDATE' ? { uaddr: p.uaddr } : {}), entries: t.entries.length });
   }
 
   /** The device type recognised from what the rings carry, when neither given nor inferred. */

@@ -23,16 +23,13 @@ export interface SnapshotOptions extends SplitOptions, PackedOptions {
 }
 
 /**
- * Ring config for a session vring. Throws RingError 'not-configured' if size or addresses are missing and
- * 'iommu-unsupported' when VIRTIO_F_ACCESS_PLATFORM makes them IOVAs. The device's next avail index comes from
- * GET_VRING_BASE when the ring was stopped, else from SET_VRING_BASE.
+ * Ring config for a session vring. Throws RingError 'not-configured' if size or addresses are missing. Under
+ * VIRTIO_F_ACCESS_PLATFORM the addresses are IOVAs: the memory the ring is read through translates them (DeviceMemory).
+ * The device's next avail index comes from GET_VRING_BASE when the ring was stopped, else from SET_VRING_BASE.
  */
 export function ringConfigFromVring(v: Vring, features?: bigint): RingConfig {
   if (v.num === undefined || !v.addr) {
     throw new RingError('not-configured', v.index, `${v.num === undefined ? 'no SET_VRING_NUM' : ''}${v.num === undefined && !v.addr ? ', ' : ''}${!v.addr ? 'no SET_VRING_ADDR' : ''}`);
-  }
-  if (hasBit(features, FEATURE_BIT.ACCESS_PLATFORM)) {
-    throw new RingError('iommu-unsupported', v.index, 'ring and buffer addresses are IOVAs; IOTLB translation is not implemented');
   }
   const packed = hasBit(features, FEATURE_BIT.RING_PACKED);
   const cfg: RingConfig = {
