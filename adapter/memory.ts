@@ -10,8 +10,8 @@ export interface ReadResult { data: Uint8Array; unreadable: number }
 
 /**
  * Read up to `count` bytes at `addr`: as many as are readable from the start (a read running past the last region
- * stops there and reports the rest as unreadable; a start in no region reads nothing). Throws MemoryUnavailable
- * when memory cannot be read at all (no fds kept: replay; IOVAs: IOMMU).
+ * stops there and reports the rest as unreadable; a start in no region, or at an IOVA no IOTLB entry maps, reads
+ * nothing). Throws MemoryUnavailable when memory cannot be read at all (no fds kept: replay).
  */
 export function readGuest(mem: GuestMemoryReader, space: 'gpa' | 'uva', addr: bigint, count: number): ReadResult {
   const n0 = Math.max(0, Math.min(Math.floor(count), MAX_READ));
@@ -26,7 +26,7 @@ export function readGuest(mem: GuestMemoryReader, space: 'gpa' | 'uva', addr: bi
   if (check(n)) {
     const one = check(1);
     if (one) {
-      if (one.code === 'unmapped') return { data: new Uint8Array(0), unreadable: count };
+      if (one.code === 'unmapped' || one.code === 'iova-unmapped') return { data: new Uint8Array(0), unreadable: count };
       fatal(one);
     }
     // Largest readable prefix: check(lo) passes, check(hi) fails (a region end, or a gap between regions).
