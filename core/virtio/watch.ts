@@ -89,6 +89,8 @@ export interface InflightEntry {
    * completions were missed out of order (see PackedSnapshot.inflightExact); it goes once a completion proves it.
    */
   seeded?: boolean;
+  /** What its buffers held when it was seen offered (reused at completion when the device writes nothing). */
+  payload?: Payload;
 }
 
 export interface WatchStats { polls: number; avail: number; used: number; errors: number; resyncs: number }
@@ -223,6 +225,17 @@ export class RingWatcher {
     }
   }
 
+  /**
+   * The payload of a completed chain. A chain the device only reads (a TX frame, a request without data in) holds
+   * what the driver wrote before offering it: what was decoded then stands. Reading it again now could only show
+   * the driver's next use of those pages, freed and reused after completion (zeros, another frame).
+   */
+  private usedPayload(entry: InflightEntry | undefined, chain: Chain): Payload | undefined {
+    const p = entry?.payload;
+    if (p && chain.writable === 0 && !(p as { error?: string }).error) return p;
+    return this.payload(chain);
+  }
+
   private payload(chain: Chain): Payload | undefined {
     if (this.opts.payloads === false || chain.descs.length === 0 || chain.recycled) return undefined;
     return decodePayload(this.mem, chain, this.cfg.index, {
@@ -230,9 +243,9 @@ export class RingWatcher {
     });
   }
 
-  private track(head: number, chain: Chain, pos: number, time: number, seeded = false): void {
+  private track(head: number, chain: Chain, pos: number, time: number, seeded = false, payload?: Payload): void {
     const q = this.inflightMap.get(head);
-    const e: InflightEntry = { head, chain, since: time, pos, ...(seeded ? { seeded } : {}) };
+    const e: InflightEntry = { head, chain, since: time, pos, ...(seeded ? { seeded } : {}), ...(payload ? { payload } : {}) };
     if (q) q.push(e); else this.inflightMap.set(head, [e]);
   }
 
@@ -316,9 +329,10 @@ export class RingWatcher {
       for (const chain of batch) {
         const p = chain.availPos!;
         if (chain.error && !chain.recycled) out.push({ kind: 'error', vring: cfg.index, time: t, error: chain.error });
-        this.track(chain.head, chain, p, t);
+        const payload = this.payload(chain);
+        this.track(chain.head, chain, p, t, false, payload);
         this.stats.avail++;
-        out.push({ kind: 'avail', vring: cfg.index, time: t, pos: p, chain, payload: this.payload(chain) });
+        out.push({ kind: 'avail', vring: cfg.index, time: t, pos: p, chain, payload });
       }
       this.lastAvail = availIdx;
     }
@@ -343,7 +357,7 @@ export class RingWatcher {
         }
         this.stats.used++;
         out.push({
-          kind: 'used', vring: cfg.index, time: t, pos: q, id, len, chain, payload: chain ? this.payload(chain) : undefined,
+          kind: 'used', vring: cfg.index, time: t, pos: q, id, len, chain, payload: chain ? this.usedPayload(entry, chain) : undefined,
           ...(entry && !entry.seeded ? { latencyMs: t - entry.since } : {}),
         });
       }
@@ -389,9 +403,10 @@ export class RingWatcher {
       const chain = walkPackedChain(ctx, table, this.availSlot, ahead - walked);
       if (chain.error) out.push({ kind: 'error', vring: cfg.index, time: t, error: chain.error });
       const slots = Math.max(1, chain.slots ?? 1);
-      this.track(chain.head, chain, this.availSlot, t);
+      const payload = this.payload(chain);
+      this.track(chain.head, chain, this.availSlot, t, false, payload);
       this.stats.avail++;
-      out.push({ kind: 'avail', vring: cfg.index, time: t, pos: this.availSlot, chain, payload: this.payload(chain) });
+      out.push({ kind: 'avail', vring: cfg.index, time: t, pos: this.availSlot, chain, payload });
       walked += slots;
       this.advanceAvail(slots);
     }
@@ -421,7 +436,7 @@ export class RingWatcher {
       else out.push({ kind: 'error', vring: cfg.index, time: t, error: new RingError('unknown-used-id', cfg.index, `used element id ${id} at slot ${this.usedSlot} was not seen offered`, { slot: this.usedSlot }) });
       this.stats.used++;
       out.push({
-        kind: 'used', vring: cfg.index, time: t, pos: this.usedSlot, id, len, chain, payload: chain ? this.payload(chain) : undefined,
+        kind: 'used', vring: cfg.index, time: t, pos: this.usedSlot, id, len, chain, payload: chain ? this.usedPayload(entry, chain) : undefined,
         ...(entry && !entry.seeded ? { latencyMs: t - entry.since } : {}),
       });
       const skip = Math.max(1, entry?.chain.slots ?? 1);

@@ -271,3 +271,32 @@ test('watch split: a chain offered, completed and its descriptors reused between
   assert.deepEqual([eu.id, eu.chain?.recycled, eu.payload], [a, true, undefined]);
   assert.deepEqual(w.inflight().map((e) => e.head), [b]);
 });
+
+test('watch: a completed chain the device only reads keeps what was decoded when it was offered; one it writes is decoded at completion', () => {
+  const mem = makeMemory();
+  const rb = new SplitRingBuilder(mem, 8, 1);
+  const { w, tick } = rig(mem, rb, 'net');
+  w.start();
+  tick();
+  const frame = P.withHdr(P.arpRequest('52:54:00:00:00:02', '10.0.0.2', '10.0.0.1'));
+  const tx = rb.add([{ len: frame.length, data: frame }]);
+  const offered = tick().find((e) => e.kind === 'avail') as Extract<WatchEvent, { kind: 'avail' }>;
+  assert.equal((offered.payload as NetPayload).summary, 'ARP who-has 10.0.0.1 tell 10.0.0.2');
+  // Completed, then the driver freed the pages and reused them before the next poll: zeros now.
+  rb.use(tx, 0);
+  const addr = Number(offered.chain.descs[0].addr - GPA_BASE);
+  mem.bytesOf(0).fill(0, addr, addr + frame.length);
+  const used = tick().find((e) => e.kind === 'used') as Extract<WatchEvent, { kind: 'used' }>;
+  assert.equal((used.payload as NetPayload).summary, 'ARP who-has 10.0.0.1 tell 10.0.0.2', 'the frame as it was offered');
+  // A buffer the device writes (RX, vring 0) is only meaningful once used: decoded then.
+  const mem0 = makeMemory();
+  const rb0 = new SplitRingBuilder(mem0, 8, 0);
+  const r0 = rig(mem0, rb0, 'net');
+  r0.w.start();
+  r0.tick();
+  const rx = rb0.add([{ len: 1526, write: true }]);
+  r0.tick();
+  rb0.use(rx, 12 + 42, new Uint8Array([...P.netHdr(12), ...P.arpReply('52:54:00:00:00:01', '10.0.0.1', '52:54:00:00:00:02', '10.0.0.2')]));
+  const rxUsed = r0.tick().find((e) => e.kind === 'used') as Extract<WatchEvent, { kind: 'used' }>;
+  assert.equal((rxUsed.payload as NetPayload).summary, 'ARP reply 10.0.0.1 is-at 52:54:00:00:00:01');
+});
