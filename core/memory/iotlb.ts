@@ -123,6 +123,9 @@ export class Iotlb {
 export class DeviceMemory implements GuestMemoryReader {
   private gen = 0;
   private seen = '';
+  /** The entry the last access hit, valid for one IOTLB version (accesses cluster: a ring, a chain's buffers). */
+  private hit?: IotlbEntry;
+  private hitVersion = -1;
 
   constructor(readonly regions: GuestMemoryReader, private readonly iotlb: () => Iotlb | undefined, private readonly iommu: () => boolean) {}
 
@@ -131,6 +134,20 @@ export class DeviceMemory implements GuestMemoryReader {
     const key = `${this.regions.generation}:${this.iommu() ? t?.version ?? 0 : -1}`;
     if (key !== this.seen) { this.seen = key; this.gen++; }
     return this.gen;
+  }
+
+  /** The front-end address of [addr, addr+len) when one IOTLB entry holds all of it (the common case), else undefined. */
+  private one(addr: bigint, len: number): bigint | undefined {
+    const t = this.iotlb();
+    if (!t || typeof addr !== 'bigint' || !(len > 0 && len <= DEFAULT_MAX_ACCESS)) return undefined;
+    let e = this.hit;
+    if (!e || this.hitVersion !== t.version || addr < e.iova || addr >= e.iova + e.size) {
+      e = t.find(addr);
+      if (!e) return undefined;
+      this.hit = e;
+      this.hitVersion = t.version;
+    }
+    return addr + BigInt(len) <= e.iova + e.size ? e.uaddr + (addr - e.iova) : undefined;
   }
 
   /** The pieces of [addr, addr+len) in front-end address space; throws MemoryError 'iova-unmapped' for a hole. */
@@ -158,6 +175,8 @@ export class DeviceMemory implements GuestMemoryReader {
       if (space === 'gpa') this.regions.readGpaInto(addr, dst, dstOff, len); else this.regions.readUvaInto(addr, dst, dstOff, len);
       return;
     }
+    const u = this.one(addr, len);
+    if (u !== undefined) { this.regions.readUvaInto(u, dst, dstOff, len); return; }
     const pieces = this.pieces(space, addr, len);
     if (dstOff < 0 || dstOff + len > dst.byteLength) throw new MemoryError('bad-length', space, addr, len, 'destination too small');
     let off = dstOff;
@@ -173,6 +192,8 @@ export class DeviceMemory implements GuestMemoryReader {
 
   private check(space: 'gpa' | 'uva', addr: bigint, len: number): MemoryError | undefined {
     if (!this.iommu()) return space === 'gpa' ? this.regions.checkGpa(addr, len) : this.regions.checkUva(addr, len);
+    const u = this.one(addr, len);
+    if (u !== undefined) return this.regions.checkUva(u, len);
     try {
       for (const p of this.pieces(space, addr, len)) { const e = this.regions.checkUva(p.uva, p.len); if (e) return e; }
       return undefined;
