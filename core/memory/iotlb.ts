@@ -57,7 +57,7 @@ export class Iotlb {
       this.list.splice(this.lowerBound(old.iova), 1);
       dropped++;
     }
-    if (this.head > 4096 && this.head * 2 > this.fifo.length) { this.fifo = this.fifo.slice(this.head); this.head = 0; }
+    this.compact();
     this.version++;
     return dropped;
   }
@@ -81,6 +81,13 @@ export class Iotlb {
     const i = this.lowerBound(iova);
     const e = this.list[i];
     return e && e.iova <= iova ? e : undefined;
+  }
+
+  /** Drop dead and dropped entries from the drop order once they outnumber the live ones (amortised O(1)). */
+  private compact(): void {
+    if (this.fifo.length - this.head <= 2 * this.list.length + 1024) return;
+    this.fifo = this.fifo.slice(this.head).filter((e) => !e.dead);
+    this.head = 0;
   }
 
   /** Index of the first entry that ends after iova (the one containing it, or the next one). */
@@ -110,6 +117,7 @@ export class Iotlb {
     if (last === first) return first;
     this.list.splice(first, last - first, ...parts);
     this.fifo.push(...parts);
+    this.compact();
     return parts.length && parts[0].iova < start ? first + 1 : first;
   }
 }

@@ -45,6 +45,18 @@ test('IOTLB map: a flood of updates keeps the newest IOTLB_MAX_ENTRIES, dropping
   assert.equal(t.find(5n * 2n * K)?.uaddr, 5n * K);
 });
 
+test('IOTLB map: map/unmap cycles for hours (one per packet) keep its bookkeeping bounded', () => {
+  const t = new Iotlb();
+  for (let i = 0; i < 200_000; i++) {
+    const iova = BigInt(i % 64) * K;
+    t.update({ iova, size: K, uaddr: 0x7f00_0000_0000n + iova, perm: 1 });
+    if (i % 3) t.invalidate(iova, K);
+  }
+  const order = (t as unknown as { fifo: unknown[] }).fifo;
+  assert.ok(t.entries.length <= 64);
+  assert.ok(order.length < 2 * 64 + 1024 + 2, `drop-order list holds ${order.length} references for ${t.entries.length} entries`);
+});
+
 test('IOTLB map agrees with a page-by-page model over random updates and invalidations', () => {
   let seed = 7;
   const rnd = (n: number): number => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };
