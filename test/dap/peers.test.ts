@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import type { DebugProtocol } from '@vscode/debugprotocol';
 import { createRawImage, readSectors, requireBinary, requireTestpmd, type PeerSet, type QemuGuest } from '../../core/peers';
-import { note, randomAlnum, usePeers, withPeerLogs } from '../helpers/peers';
+import { note, pingingNetGuest, randomAlnum, usePeers, withPeerLogs } from '../helpers/peers';
 import { runCli } from '../helpers/cliProxy';
 import { Dap, withAdapterLog } from './dapClient';
 import { DEBUG_TYPE, type ChainDto, type TimelineEntry } from '../../common/dap';
@@ -266,11 +266,7 @@ test('attach behind a virtual IOMMU (QEMU intel-iommu <-> adapter <-> testpmd io
   const d = await Dap.start(t);
   await logs(peers, d, async () => {
     await d.begin('attach', attach(proxySock, tpSock, { rings: true, pollHz: 1000, ringCpu: 100 }), {});
-    const guest = peers.qemu({ name: 'qemu-dap-iommu', net: [{ socket: proxySock }], iommu: true });
-    await guest.start();
-    await guest.waitReady(BOOT_MS);
-    await guest.check('i=0; while ! [ -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0 && arp -s 10.0.0.3 52:54:00:00:00:03', { timeoutMs: 60_000 });
-    await guest.run('ping -c 3 -i 0.3 -W 1 10.0.0.3', { timeoutMs: 30_000 });
+    const guest = await pingingNetGuest(peers, { name: 'qemu-dap-iommu', socket: proxySock, iommu: true });
     const ring = await d.next('vhostLens/timeline', (e) => (e.body as { entries: TimelineEntry[] }).entries.some((x) => x.kind === 'ring' && x.ring!.vring === 1 && x.ring!.chains.length > 0), 60_000);
     const tx = (ring.body as { entries: TimelineEntry[] }).entries.find((x) => x.kind === 'ring' && x.ring!.vring === 1 && x.ring!.chains.length > 0)!.ring!;
     assert.match(tx.chains[0].descriptors[0].memoryReference ?? '', /^iova:0x[0-9a-f]+$/, 'descriptor addresses are IOVAs');

@@ -1,7 +1,7 @@
 // Test helpers for real-peer tests: a PeerSet cleaned up after each test, peer logs on failure, measurements as diagnostics.
 import { randomBytes } from 'node:crypto';
 import type { TestContext } from 'node:test';
-import { PeerSet } from '../../core/peers';
+import { PeerSet, type QemuGuest } from '../../core/peers';
 
 /** A PeerSet whose processes and temp dirs are removed when the test ends, pass or fail. */
 export function usePeers(t: TestContext): PeerSet {
@@ -52,4 +52,23 @@ export function median(xs: number[]): number {
 export function spread(xs: number[]): { median: number; min: number; max: number; n: number } {
   if (xs.length === 0) return { median: 0, min: 0, max: 0, n: 0 };
   return { median: Math.round(median(xs)), min: Math.min(...xs), max: Math.max(...xs), n: xs.length };
+}
+
+/**
+ * A QEMU guest whose virtio-net device uses `socket`, sending frames to testpmd (which echoes them): eth0 up at
+ * 10.0.0.2, ARP requests for 10.0.0.1 (nobody answers), then `icmp` ICMP echo requests to 10.0.0.3 through a static
+ * ARP entry. Returns the running guest.
+ */
+export async function pingingNetGuest(peers: PeerSet, o: { name: string; socket: string; iommu?: boolean; icmp?: number }): Promise<QemuGuest> {
+  const guest = peers.qemu({ name: o.name, net: [{ socket: o.socket }], iommu: o.iommu });
+  await guest.start();
+  await guest.waitReady();
+  await guest.check('i=0; while ! [ -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0', { timeoutMs: 60_000 });
+  await guest.check('i=0; while [ "$(cat /sys/class/net/eth0/carrier)" != 1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done', { timeoutMs: 60_000 });
+  // No ARP entry for 10.0.0.1: the guest asks (ARP), nobody answers (testpmd echoes the request back).
+  await guest.run('ping -c 2 -W 1 10.0.0.1', { timeoutMs: 30_000 });
+  // A static entry: the guest sends ICMP echo requests, testpmd echoes them back unchanged.
+  await guest.check('arp -s 10.0.0.3 52:54:00:00:00:03');
+  await guest.run(`ping -c ${o.icmp ?? 3} -i 0.3 -W 1 10.0.0.3`, { timeoutMs: 30_000 });
+  return guest;
 }

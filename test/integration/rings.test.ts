@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRawImage, readSectors, requireBinary, requireTestpmd, requireVirtiofsd } from '../../core/peers';
-import { note, randomAlnum, usePeers, withPeerLogs } from '../helpers/peers';
+import { note, pingingNetGuest, randomAlnum, usePeers, withPeerLogs } from '../helpers/peers';
 import { runCli, type CliRun, type JsonLine } from '../helpers/cliProxy';
 
 const GUARD = { timeout: 240_000 };
@@ -84,16 +84,7 @@ test('net: ARP and ICMP frames decoded on the TX ring, the echoed frames on the 
   const cli = runCli(t, ['proxy', '--frontend', proxySock, '--backend', tpSock, '--json', '--rings', '--poll-hz', '1000', '--ring-cpu', '100']);
   await withPeerLogs(peers, () => check(cli, async () => {
     await cli.waitFor((c) => c.of('connection').find((l) => l.event === 'listening'), 'listening');
-    const guest = peers.qemu({ name: 'qemu-rings-net', net: [{ socket: proxySock }] });
-    await guest.start();
-    await guest.waitReady();
-    await guest.check('i=0; while ! [ -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0', { timeoutMs: 60_000 });
-    await guest.check('i=0; while [ "$(cat /sys/class/net/eth0/carrier)" != 1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done', { timeoutMs: 60_000 });
-    // No ARP entry for 10.0.0.1: the guest asks (ARP), nobody answers (testpmd echoes the request back).
-    await guest.run('ping -c 2 -W 1 10.0.0.1', { timeoutMs: 30_000 });
-    // A static entry: the guest sends ICMP echo requests, testpmd echoes them back unchanged.
-    await guest.check('arp -s 10.0.0.3 52:54:00:00:00:03');
-    await guest.run('ping -c 3 -i 0.3 -W 1 10.0.0.3', { timeoutMs: 30_000 });
+    const guest = await pingingNetGuest(peers, { name: 'qemu-rings-net', socket: proxySock });
     await cli.waitFor(() => chainsOf(cli, 0).some((c) => /ICMP echo request/.test(c.device?.summary ?? '')), 'echoed ICMP on the RX ring', 20_000);
     assert.deepEqual(await guest.poweroff(), { code: 0, signal: null });
     await tp.stop();
@@ -121,14 +112,7 @@ test('net behind a virtual IOMMU (ACCESS_PLATFORM): the IOTLB is followed from I
   const cli = runCli(t, ['proxy', '--frontend', proxySock, '--backend', tpSock, '--json', '--rings', '--poll-hz', '1000', '--ring-cpu', '100']);
   await withPeerLogs(peers, () => check(cli, async () => {
     await cli.waitFor((c) => c.of('connection').find((l) => l.event === 'listening'), 'listening');
-    const guest = peers.qemu({ name: 'qemu-rings-iommu', net: [{ socket: proxySock }], iommu: true });
-    await guest.start();
-    await guest.waitReady();
-    await guest.check('i=0; while ! [ -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0', { timeoutMs: 60_000 });
-    await guest.check('i=0; while [ "$(cat /sys/class/net/eth0/carrier)" != 1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done', { timeoutMs: 60_000 });
-    await guest.run('ping -c 2 -W 1 10.0.0.1', { timeoutMs: 30_000 });
-    await guest.check('arp -s 10.0.0.3 52:54:00:00:00:03');
-    await guest.run('ping -c 5 -i 0.3 -W 1 10.0.0.3', { timeoutMs: 30_000 });
+    const guest = await pingingNetGuest(peers, { name: 'qemu-rings-iommu', socket: proxySock, iommu: true, icmp: 5 });
     await cli.waitFor(() => chainsOf(cli, 1).some((c) => /ICMP echo request/.test(c.device?.summary ?? '')), 'ICMP echo request on the TX ring', 20_000);
     assert.deepEqual(await guest.poweroff(), { code: 0, signal: null });
     await tp.stop();
